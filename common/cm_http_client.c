@@ -1,0 +1,447 @@
+/* cm_http_client: curl multi_socket on libevent (see cm_http_client.h). */
+#include "cm_http_client.h"
+
+#include "cm_alloc.h"
+#include "cm_log.h"
+
+#include <curl/curl.h>
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#define DEFAULT_MAX_RESPONSE (64u * 1024 * 1024)
+#define ERROR_BODY_MAX (256u * 1024)
+
+struct cm_hc {
+    struct event_base *base;
+    CURLM *multi;
+    struct event *timer;
+    struct cm_hc_req *reqs; /* doubly linked list of running transfers */
+    unsigned active;
+};
+
+struct cm_hc_req {
+    struct cm_hc *hc;
+    CURL *easy;
+    struct curl_slist *headers;
+    struct cm_hc_callbacks cbs;
+    void *arg;
+    struct evbuffer *body;
+    size_t max_body;
+    int stream;
+    long status;
+    int headers_done;
+    int in_callback;
+    int cancelled;
+    int paused;
+    int too_large;
+    int timed_out;
+    double idle_timeout_s;
+    struct event *first_byte_timer;
+    struct event *idle_timer;
+    char *retry_after;
+    char errbuf[CURL_ERROR_SIZE];
+    struct cm_hc_req *prev, *next;
+};
+
+struct sock_ctx {
+    struct event *ev;
+    curl_socket_t fd;
+};
+
+static void check_multi_info(struct cm_hc *hc);
+
+static struct timeval tv_from_s(double s)
+{
+    struct timeval tv;
+    tv.tv_sec = (time_t)s;
+    tv.tv_usec = (suseconds_t)((s - (double)tv.tv_sec) * 1e6);
+    return tv;
+}
+
+const char *cm_hc_result_name(enum cm_hc_result r)
+{
+    switch (r) {
+    case CM_HC_OK:
+        return "ok";
+    case CM_HC_ERR_CONNECT:
+        return "connect";
+    case CM_HC_ERR_TIMEOUT:
+        return "timeout";
+    case CM_HC_ERR_TOO_LARGE:
+        return "too_large";
+    case CM_HC_ERR_IO:
+        return "io";
+    }
+    return "unknown";
+}
+
+/* ------------------------------------------------------------ curl glue */
+
+static void event_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct cm_hc *hc = arg;
+    int action = ((what & EV_READ) ? CURL_CSELECT_IN : 0) | ((what & EV_WRITE) ? CURL_CSELECT_OUT : 0);
+    int running;
+    curl_multi_socket_action(hc->multi, fd, action, &running);
+    check_multi_info(hc);
+}
+
+static void timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct cm_hc *hc = arg;
+    (void)fd;
+    (void)what;
+    int running;
+    curl_multi_socket_action(hc->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    check_multi_info(hc);
+}
+
+static int multi_timer_cb(CURLM *multi, long timeout_ms, void *arg)
+{
+    struct cm_hc *hc = arg;
+    (void)multi;
+    if (timeout_ms < 0) {
+        evtimer_del(hc->timer);
+        return 0;
+    }
+    /* Never call curl from here (recursion): arm the timer instead. */
+    struct timeval tv = {timeout_ms / 1000, (timeout_ms % 1000) * 1000};
+    evtimer_add(hc->timer, &tv);
+    return 0;
+}
+
+static int multi_sock_cb(CURL *easy, curl_socket_t s, int what, void *arg, void *sockp)
+{
+    struct cm_hc *hc = arg;
+    struct sock_ctx *sc = sockp;
+    (void)easy;
+    if (what == CURL_POLL_REMOVE) {
+        if (sc) {
+            event_free(sc->ev);
+            free(sc);
+            curl_multi_assign(hc->multi, s, NULL);
+        }
+        return 0;
+    }
+    short kind = EV_PERSIST | ((what & CURL_POLL_IN) ? EV_READ : 0) |
+                 ((what & CURL_POLL_OUT) ? EV_WRITE : 0);
+    if (!sc) {
+        sc = cm_xcalloc(1, sizeof *sc);
+        sc->fd = s;
+        sc->ev = event_new(hc->base, s, kind, event_cb, hc);
+        curl_multi_assign(hc->multi, s, sc);
+    } else {
+        event_del(sc->ev);
+        event_assign(sc->ev, hc->base, s, kind, event_cb, hc);
+    }
+    event_add(sc->ev, NULL);
+    return 0;
+}
+
+/* ------------------------------------------------------------ lifecycle */
+
+static void req_unlink_free(struct cm_hc_req *req)
+{
+    struct cm_hc *hc = req->hc;
+    if (req->easy) {
+        curl_multi_remove_handle(hc->multi, req->easy);
+        curl_easy_cleanup(req->easy);
+    }
+    if (req->prev)
+        req->prev->next = req->next;
+    else
+        hc->reqs = req->next;
+    if (req->next)
+        req->next->prev = req->prev;
+    hc->active--;
+    if (req->first_byte_timer)
+        event_free(req->first_byte_timer);
+    if (req->idle_timer)
+        event_free(req->idle_timer);
+    curl_slist_free_all(req->headers);
+    evbuffer_free(req->body);
+    free(req->retry_after);
+    free(req);
+}
+
+static void finish(struct cm_hc_req *req, enum cm_hc_result result, const char *errmsg)
+{
+    /* Detach from curl first so the callback may start new transfers. */
+    curl_multi_remove_handle(req->hc->multi, req->easy);
+    if (!req->cancelled && req->cbs.on_done) {
+        req->in_callback++;
+        req->cbs.on_done(req, result, req->status, req->body, errmsg, req->arg);
+        req->in_callback--;
+    }
+    req_unlink_free(req);
+}
+
+static enum cm_hc_result map_curl_result(struct cm_hc_req *req, CURLcode rc)
+{
+    if (rc == CURLE_OK)
+        return CM_HC_OK;
+    if (req->too_large)
+        return CM_HC_ERR_TOO_LARGE;
+    switch (rc) {
+    case CURLE_COULDNT_CONNECT:
+    case CURLE_COULDNT_RESOLVE_HOST:
+    case CURLE_COULDNT_RESOLVE_PROXY:
+        return CM_HC_ERR_CONNECT;
+    case CURLE_OPERATION_TIMEDOUT: {
+        curl_off_t connect_us = 0;
+        curl_easy_getinfo(req->easy, CURLINFO_CONNECT_TIME_T, &connect_us);
+        return connect_us == 0 ? CM_HC_ERR_CONNECT : CM_HC_ERR_TIMEOUT;
+    }
+    default:
+        return CM_HC_ERR_IO;
+    }
+}
+
+static void check_multi_info(struct cm_hc *hc)
+{
+    CURLMsg *msg;
+    int left;
+    while ((msg = curl_multi_info_read(hc->multi, &left))) {
+        if (msg->msg != CURLMSG_DONE)
+            continue;
+        CURL *easy = msg->easy_handle;
+        CURLcode rc = msg->data.result;
+        struct cm_hc_req *req = NULL;
+        curl_easy_getinfo(easy, CURLINFO_PRIVATE, (char **)&req);
+        if (!req)
+            continue;
+        if (!req->headers_done)
+            curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &req->status);
+        enum cm_hc_result result = map_curl_result(req, rc);
+        finish(req, result, rc == CURLE_OK ? NULL : (req->errbuf[0] ? req->errbuf : curl_easy_strerror(rc)));
+    }
+}
+
+static void app_timeout_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct cm_hc_req *req = arg;
+    (void)fd;
+    (void)what;
+    req->timed_out = 1;
+    finish(req, CM_HC_ERR_TIMEOUT,
+           req->headers_done ? "upstream idle timeout" : "upstream first-byte timeout");
+}
+
+static void arm_idle(struct cm_hc_req *req)
+{
+    if (req->idle_timer && !req->paused) {
+        struct timeval tv = tv_from_s(req->idle_timeout_s);
+        evtimer_add(req->idle_timer, &tv);
+    }
+}
+
+/* ------------------------------------------------------------ curl callbacks */
+
+static size_t header_cb(char *buf, size_t size, size_t n, void *arg)
+{
+    struct cm_hc_req *req = arg;
+    size_t len = size * n;
+    if (req->cancelled)
+        return 0;
+    if (len >= 12 && strncasecmp(buf, "Retry-After:", 12) == 0) {
+        const char *v = buf + 12;
+        size_t vl = len - 12;
+        while (vl && (*v == ' ' || *v == '\t'))
+            v++, vl--;
+        while (vl && (v[vl - 1] == '\r' || v[vl - 1] == '\n' || v[vl - 1] == ' '))
+            vl--;
+        free(req->retry_after);
+        req->retry_after = cm_xstrndup(v, vl > 64 ? 64 : vl);
+    }
+    if (len <= 2 && (buf[0] == '\r' || buf[0] == '\n')) {
+        long status = 0;
+        curl_easy_getinfo(req->easy, CURLINFO_RESPONSE_CODE, &status);
+        if (status >= 200 && !req->headers_done) {
+            req->headers_done = 1;
+            req->status = status;
+            if (req->first_byte_timer)
+                evtimer_del(req->first_byte_timer);
+            arm_idle(req);
+            if (req->cbs.on_headers) {
+                req->in_callback++;
+                req->cbs.on_headers(req, status, req->arg);
+                req->in_callback--;
+                if (req->cancelled)
+                    return 0;
+            }
+        }
+    }
+    return len;
+}
+
+static size_t write_cb(char *data, size_t size, size_t n, void *arg)
+{
+    struct cm_hc_req *req = arg;
+    size_t len = size * n;
+    if (req->cancelled)
+        return 0;
+    if (req->stream && req->status >= 200 && req->status < 300) {
+        arm_idle(req);
+        req->in_callback++;
+        int rc = req->cbs.on_data(req, data, len, req->arg);
+        req->in_callback--;
+        if (req->cancelled || rc == CM_HC_ABORT)
+            return 0;
+        if (rc == CM_HC_PAUSE) {
+            req->paused = 1;
+            if (req->idle_timer)
+                evtimer_del(req->idle_timer);
+            return CURL_WRITEFUNC_PAUSE;
+        }
+        return len;
+    }
+    size_t cap = req->stream ? ERROR_BODY_MAX : req->max_body;
+    if (evbuffer_get_length(req->body) + len > cap) {
+        req->too_large = 1;
+        return 0;
+    }
+    evbuffer_add(req->body, data, len);
+    arm_idle(req);
+    return len;
+}
+
+/* ------------------------------------------------------------ public */
+
+struct cm_hc *cm_hc_new(struct event_base *base)
+{
+    struct cm_hc *hc = cm_xcalloc(1, sizeof *hc);
+    hc->base = base;
+    hc->multi = curl_multi_init();
+    hc->timer = evtimer_new(base, timer_cb, hc);
+    curl_multi_setopt(hc->multi, CURLMOPT_SOCKETFUNCTION, multi_sock_cb);
+    curl_multi_setopt(hc->multi, CURLMOPT_SOCKETDATA, hc);
+    curl_multi_setopt(hc->multi, CURLMOPT_TIMERFUNCTION, multi_timer_cb);
+    curl_multi_setopt(hc->multi, CURLMOPT_TIMERDATA, hc);
+    curl_multi_setopt(hc->multi, CURLMOPT_MAXCONNECTS, 256L);
+    return hc;
+}
+
+void cm_hc_free(struct cm_hc *hc)
+{
+    if (!hc)
+        return;
+    while (hc->reqs) {
+        hc->reqs->cancelled = 1;
+        req_unlink_free(hc->reqs);
+    }
+    curl_multi_cleanup(hc->multi);
+    event_free(hc->timer);
+    free(hc);
+}
+
+unsigned cm_hc_active(const struct cm_hc *hc)
+{
+    return hc->active;
+}
+
+struct cm_hc_req *cm_hc_start(struct cm_hc *hc, const struct cm_hc_opts *o,
+                              const struct cm_hc_callbacks *cbs, void *arg)
+{
+    struct cm_hc_req *req = cm_xcalloc(1, sizeof *req);
+    req->hc = hc;
+    req->cbs = *cbs;
+    req->arg = arg;
+    req->body = evbuffer_new();
+    req->stream = o->stream && cbs->on_data;
+    req->max_body = o->max_response_bytes ? o->max_response_bytes : DEFAULT_MAX_RESPONSE;
+    req->easy = curl_easy_init();
+    CURL *e = req->easy;
+
+    curl_easy_setopt(e, CURLOPT_URL, o->url);
+    curl_easy_setopt(e, CURLOPT_PRIVATE, req);
+    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, req->errbuf);
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+    curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
+    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, write_cb);
+    curl_easy_setopt(e, CURLOPT_WRITEDATA, req);
+    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, header_cb);
+    curl_easy_setopt(e, CURLOPT_HEADERDATA, req);
+    if (o->connect_timeout_s > 0)
+        curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)ceil(o->connect_timeout_s * 1000));
+    if (o->total_timeout_s > 0)
+        curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)ceil(o->total_timeout_s * 1000));
+
+    req->headers = curl_slist_append(req->headers, "Expect:");
+    if (o->body) {
+        req->headers = curl_slist_append(req->headers, "Content-Type: application/json");
+        curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)o->body_len);
+        curl_easy_setopt(e, CURLOPT_COPYPOSTFIELDS, o->body);
+    }
+    if (o->method && strcmp(o->method, "GET") != 0 && strcmp(o->method, "POST") != 0)
+        curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, o->method);
+    else if (o->method && strcmp(o->method, "GET") == 0 && !o->body)
+        curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
+    if (o->request_id) {
+        char h[128];
+        snprintf(h, sizeof h, "X-Request-Id: %s", o->request_id);
+        req->headers = curl_slist_append(req->headers, h);
+    }
+    if (o->bearer) {
+        char *h = cm_xasprintf("Authorization: Bearer %s", o->bearer);
+        req->headers = curl_slist_append(req->headers, h);
+        free(h);
+    }
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, req->headers);
+
+    if (o->first_byte_timeout_s > 0) {
+        req->first_byte_timer = evtimer_new(hc->base, app_timeout_cb, req);
+        struct timeval tv = tv_from_s(o->first_byte_timeout_s);
+        evtimer_add(req->first_byte_timer, &tv);
+    }
+    if (o->idle_timeout_s > 0) {
+        req->idle_timeout_s = o->idle_timeout_s;
+        req->idle_timer = evtimer_new(hc->base, app_timeout_cb, req);
+    }
+
+    req->next = hc->reqs;
+    if (hc->reqs)
+        hc->reqs->prev = req;
+    hc->reqs = req;
+    hc->active++;
+    CURLMcode mc = curl_multi_add_handle(hc->multi, e);
+    if (mc != CURLM_OK) {
+        CM_ERROR(o->request_id, "upstream_start_failed", "%s", curl_multi_strerror(mc));
+        req->cancelled = 1;
+        req_unlink_free(req);
+        return NULL;
+    }
+    return req;
+}
+
+void cm_hc_cancel(struct cm_hc_req *req)
+{
+    if (!req || req->cancelled)
+        return;
+    req->cancelled = 1;
+    if (req->in_callback)
+        return; /* the curl callback returns an error; freed on completion */
+    req_unlink_free(req);
+}
+
+void cm_hc_resume(struct cm_hc_req *req)
+{
+    if (!req || !req->paused || req->cancelled)
+        return;
+    req->paused = 0;
+    arm_idle(req);
+    struct cm_hc *hc = req->hc;
+    curl_easy_pause(req->easy, CURLPAUSE_CONT);
+    (void)hc;
+}
+
+const char *cm_hc_retry_after(const struct cm_hc_req *req)
+{
+    return req->retry_after;
+}

@@ -1,0 +1,819 @@
+/* cm_http_server: evhttp server helper (see cm_http_server.h for the lifecycle). */
+#include "cm_http_server.h"
+
+#include "cm_alloc.h"
+#include "cm_json.h"
+#include "cm_log.h"
+
+#include <errno.h>
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+#include <sys/queue.h>
+#include <openssl/crypto.h>
+#include <openssl/rand.h>
+#include <openssl/sha.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <time.h>
+
+struct route {
+    struct route *next;
+    unsigned methods;
+    unsigned flags;
+    char *path;
+    size_t path_len;
+    char *label;
+    cm_route_cb cb;
+    void *arg;
+};
+
+enum req_state { REQ_PENDING, REQ_STREAMING, REQ_DONE };
+
+struct cm_req {
+    struct cm_http_server *srv;
+    struct evhttp_request *req;
+    const struct route *route;
+    enum req_state state;
+    int status;
+    int aborted;
+    int counted; /* part of the in-flight count */
+    char id[72];
+    const char *method_name;
+    char *path;
+    char *tail;
+    struct evkeyvalq query;
+    int query_parsed;
+    struct timespec start;
+    cm_req_abort_cb abort_cb;
+    void *abort_arg;
+    cm_req_drain_cb drain_cb;
+    void *drain_arg;
+    struct event *watch; /* client-gone watcher while the reply is deferred */
+    struct evbuffer *chunk;
+    void *data;
+    struct cm_req *prev, *next;
+};
+
+struct cm_http_server {
+    struct event_base *base;
+    struct evhttp *http;
+    struct evhttp_bound_socket *bound;
+    struct route *routes, **routes_tail;
+    struct cm_http_server_opts opts;
+    char *host;
+    unsigned char api_key_hash[SHA256_DIGEST_LENGTH];
+    int has_api_key;
+    int port;
+    int draining;
+    unsigned inflight;
+    struct cm_req *live;
+    struct cm_req *dispatching; /* request whose route callback is running */
+    cm_req_done_cb done_cb;
+    void *done_arg;
+};
+
+static double now_diff(const struct timespec *a)
+{
+    struct timespec b;
+    clock_gettime(CLOCK_MONOTONIC, &b);
+    return (double)(b.tv_sec - a->tv_sec) + (double)(b.tv_nsec - a->tv_nsec) / 1e9;
+}
+
+static const char *method_name(enum evhttp_cmd_type cmd)
+{
+    switch (cmd) {
+    case EVHTTP_REQ_GET:
+        return "GET";
+    case EVHTTP_REQ_POST:
+        return "POST";
+    case EVHTTP_REQ_HEAD:
+        return "HEAD";
+    case EVHTTP_REQ_PUT:
+        return "PUT";
+    case EVHTTP_REQ_DELETE:
+        return "DELETE";
+    case EVHTTP_REQ_OPTIONS:
+        return "OPTIONS";
+    case EVHTTP_REQ_PATCH:
+        return "PATCH";
+    case EVHTTP_REQ_TRACE:
+        return "TRACE";
+    case EVHTTP_REQ_CONNECT:
+        return "CONNECT";
+    }
+    return "OTHER";
+}
+
+static unsigned method_bit(enum evhttp_cmd_type cmd)
+{
+    switch (cmd) {
+    case EVHTTP_REQ_GET:
+        return CM_GET;
+    case EVHTTP_REQ_POST:
+        return CM_POST;
+    case EVHTTP_REQ_HEAD:
+        return CM_HEAD;
+    case EVHTTP_REQ_PUT:
+        return CM_PUT;
+    case EVHTTP_REQ_DELETE:
+        return CM_DELETE;
+    case EVHTTP_REQ_OPTIONS:
+        return CM_OPTIONS;
+    case EVHTTP_REQ_PATCH:
+        return CM_PATCH;
+    default:
+        return 0;
+    }
+}
+
+static int valid_request_id(const char *s)
+{
+    size_t n = 0;
+    for (; s[n]; n++) {
+        char c = s[n];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '-' || c == '_' || c == '.' || c == ':'))
+            return 0;
+        if (n >= 64)
+            return 0;
+    }
+    return n > 0;
+}
+
+static void generate_request_id(char *out, size_t outlen)
+{
+    unsigned char raw[8];
+    if (RAND_bytes(raw, sizeof raw) != 1) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        memcpy(raw, &ts.tv_nsec, sizeof raw < sizeof ts.tv_nsec ? sizeof raw : sizeof ts.tv_nsec);
+    }
+    static const char hex[] = "0123456789abcdef";
+    size_t i = 0;
+    for (; i < sizeof raw && 2 * i + 2 < outlen; i++) {
+        out[2 * i] = hex[raw[i] >> 4];
+        out[2 * i + 1] = hex[raw[i] & 15];
+    }
+    out[2 * i] = '\0';
+}
+
+/* ---------------------------------------------------------------- lifecycle */
+
+static void req_unlink(struct cm_req *r)
+{
+    struct cm_http_server *srv = r->srv;
+    if (r->prev)
+        r->prev->next = r->next;
+    else if (srv->live == r)
+        srv->live = r->next;
+    if (r->next)
+        r->next->prev = r->prev;
+    r->prev = r->next = NULL;
+    if (r->counted && srv->inflight > 0)
+        srv->inflight--;
+    r->counted = 0;
+}
+
+static void stop_watch(struct cm_req *r)
+{
+    if (r->watch) {
+        event_free(r->watch);
+        r->watch = NULL;
+    }
+}
+
+/* Bookkeeping and free; the evhttp request is no longer ours after this. */
+static void req_finish(struct cm_req *r)
+{
+    r->state = REQ_DONE;
+    stop_watch(r);
+    struct cm_http_server *srv = r->srv;
+    double elapsed = cm_req_elapsed(r);
+    if (srv->done_cb)
+        srv->done_cb(r, srv->done_arg);
+    if (CM_LOG_ENABLED(CM_LOG_INFO)) {
+        json_t *f = json_object();
+        json_object_set_new(f, "method", json_string(r->method_name));
+        json_t *path = json_string(r->path);
+        json_object_set_new(f, "path", path ? path : json_null());
+        json_object_set_new(f, "route", json_string(cm_req_route(r)));
+        json_object_set_new(f, "status", json_integer(r->status));
+        json_object_set_new(f, "duration_ms", json_real((double)(long long)(elapsed * 1e6) / 1e3));
+        if (r->aborted)
+            json_object_set_new(f, "client_gone", json_true());
+        cm_log_fields(CM_LOG_INFO, r->id, "http_request", f);
+    }
+    req_unlink(r);
+    if (srv->dispatching == r)
+        srv->dispatching = NULL;
+    if (r->query_parsed)
+        evhttp_clear_headers(&r->query);
+    if (r->chunk)
+        evbuffer_free(r->chunk);
+    free(r->path);
+    free(r->tail);
+    free(r);
+}
+
+static void client_gone_deferred(struct cm_req *r)
+{
+    struct evhttp_connection *evcon = evhttp_request_get_connection(r->req);
+    r->aborted = 1;
+    r->status = 499; /* nginx's "client closed request" */
+    stop_watch(r);
+    if (r->abort_cb)
+        r->abort_cb(r, r->abort_arg);
+    req_finish(r);
+    /* The request is still queued on its connection and never answered:
+     * freeing the connection frees it (same path as libevent's own
+     * evhttp_free). No callback of this connection is on the stack here. */
+    if (evcon) {
+        evhttp_connection_set_closecb(evcon, NULL, NULL);
+        evhttp_connection_free(evcon);
+    }
+}
+
+static void watch_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct cm_req *r = arg;
+    (void)what;
+    char c;
+    ssize_t n = recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
+        client_gone_deferred(r);
+        return;
+    }
+    if (n > 0) {
+        /* Pipelined bytes: we cannot see EOF behind them; the upstream
+         * timeouts bound the wait instead. */
+        stop_watch(r);
+        return;
+    }
+    event_add(r->watch, NULL);
+}
+
+static void start_watch(struct cm_req *r)
+{
+    struct evhttp_connection *evcon = evhttp_request_get_connection(r->req);
+    if (!evcon || r->watch)
+        return;
+    struct bufferevent *bev = evhttp_connection_get_bufferevent(evcon);
+    evutil_socket_t fd = bev ? bufferevent_getfd(bev) : -1;
+    if (fd < 0)
+        return;
+    r->watch = event_new(r->srv->base, fd, EV_READ, watch_cb, r);
+    if (r->watch)
+        event_add(r->watch, NULL);
+}
+
+static void stream_close_cb(struct evhttp_connection *evcon, void *arg)
+{
+    struct cm_req *r = arg;
+    (void)evcon;
+    if (evhttp_request_get_connection(r->req) != NULL)
+        return; /* evhttp_free() in progress: handled by cm_http_server_free */
+    r->aborted = 1;
+    if (r->abort_cb)
+        r->abort_cb(r, r->abort_arg);
+    /* The request was detached from its dead connection: ending it frees it. */
+    evhttp_send_reply_end(r->req);
+    req_finish(r);
+}
+
+/* ---------------------------------------------------------------- replies */
+
+static const char *reason_phrase(int status)
+{
+    switch (status) {
+    case 200:
+        return "OK";
+    case 101:
+        return "Switching Protocols";
+    case 400:
+        return "Bad Request";
+    case 401:
+        return "Unauthorized";
+    case 403:
+        return "Forbidden";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 413:
+        return "Payload Too Large";
+    case 429:
+        return "Too Many Requests";
+    case 500:
+        return "Internal Server Error";
+    case 502:
+        return "Bad Gateway";
+    case 503:
+        return "Service Unavailable";
+    case 504:
+        return "Gateway Timeout";
+    default:
+        return NULL;
+    }
+}
+
+int cm_req_add_header(struct cm_req *r, const char *name, const char *value)
+{
+    return evhttp_add_header(evhttp_request_get_output_headers(r->req), name, value);
+}
+
+void cm_req_reply_buffer(struct cm_req *r, int status, const char *content_type,
+                         struct evbuffer *buf)
+{
+    if (r->state != REQ_PENDING)
+        return;
+    struct evkeyvalq *h = evhttp_request_get_output_headers(r->req);
+    evhttp_remove_header(h, "Content-Type");
+    evhttp_add_header(h, "Content-Type", content_type);
+    r->status = status;
+    stop_watch(r);
+    evhttp_send_reply(r->req, status, reason_phrase(status), buf);
+    req_finish(r);
+}
+
+void cm_req_reply_text(struct cm_req *r, int status, const char *content_type, const char *data,
+                       size_t len)
+{
+    struct evbuffer *buf = evbuffer_new();
+    evbuffer_add(buf, data, len);
+    cm_req_reply_buffer(r, status, content_type, buf);
+    evbuffer_free(buf);
+}
+
+void cm_req_reply_json(struct cm_req *r, int status, json_t *body)
+{
+    struct evbuffer *buf = evbuffer_new();
+    cm_json_to_evbuffer(body, buf);
+    evbuffer_add(buf, "\n", 1);
+    json_decref(body);
+    cm_req_reply_buffer(r, status, "application/json", buf);
+    evbuffer_free(buf);
+}
+
+void cm_req_reply_error(struct cm_req *r, int status, const char *type, const char *message,
+                        const char *param, const char *code)
+{
+    if (!type)
+        type = cm_oai_error_type(status);
+    if (status >= 500 || status == 429)
+        CM_WARN(r->id, "request_error", "status=%d type=%s message=%s", status, type, message);
+    cm_req_reply_json(r, status, cm_oai_error(message, type, param, code));
+}
+
+void cm_req_on_abort(struct cm_req *r, cm_req_abort_cb cb, void *arg)
+{
+    r->abort_cb = cb;
+    r->abort_arg = arg;
+}
+
+void cm_req_stream_start(struct cm_req *r, int status, const char *content_type)
+{
+    if (r->state != REQ_PENDING)
+        return;
+    struct evkeyvalq *h = evhttp_request_get_output_headers(r->req);
+    evhttp_remove_header(h, "Content-Type");
+    evhttp_add_header(h, "Content-Type", content_type);
+    stop_watch(r);
+    r->status = status;
+    r->state = REQ_STREAMING;
+    r->chunk = evbuffer_new();
+    struct evhttp_connection *evcon = evhttp_request_get_connection(r->req);
+    evhttp_connection_set_closecb(evcon, stream_close_cb, r);
+    evhttp_send_reply_start(r->req, status, reason_phrase(status));
+    /* A stream may be legitimately silent on the read side for long; only a
+     * write that makes no progress for the idle timeout is fatal. */
+    struct bufferevent *bev = evhttp_connection_get_bufferevent(evcon);
+    struct timeval wt = {(time_t)r->srv->opts.idle_timeout_s,
+                         (suseconds_t)((r->srv->opts.idle_timeout_s -
+                                        (double)(long long)r->srv->opts.idle_timeout_s) *
+                                       1e6)};
+    bufferevent_set_timeouts(bev, NULL, &wt);
+}
+
+int cm_req_streaming(const struct cm_req *r)
+{
+    return r->state == REQ_STREAMING;
+}
+
+static void chunk_flushed_cb(struct evhttp_connection *evcon, void *arg)
+{
+    struct cm_req *r = arg;
+    (void)evcon;
+    cm_req_drain_cb cb = r->drain_cb;
+    r->drain_cb = NULL;
+    if (cb)
+        cb(r, r->drain_arg);
+}
+
+void cm_req_stream_write(struct cm_req *r, const char *data, size_t len)
+{
+    if (r->state != REQ_STREAMING || len == 0)
+        return;
+    evbuffer_add(r->chunk, data, len);
+    evhttp_send_reply_chunk_with_cb(r->req, r->chunk, chunk_flushed_cb, r);
+}
+
+size_t cm_req_stream_backlog(const struct cm_req *r)
+{
+    struct evhttp_connection *evcon = evhttp_request_get_connection(r->req);
+    if (!evcon)
+        return 0;
+    struct bufferevent *bev = evhttp_connection_get_bufferevent(evcon);
+    return bev ? evbuffer_get_length(bufferevent_get_output(bev)) : 0;
+}
+
+void cm_req_stream_on_drain(struct cm_req *r, cm_req_drain_cb cb, void *arg)
+{
+    r->drain_cb = cb;
+    r->drain_arg = arg;
+}
+
+void cm_req_stream_end(struct cm_req *r)
+{
+    if (r->state != REQ_STREAMING)
+        return;
+    struct evhttp_connection *evcon = evhttp_request_get_connection(r->req);
+    if (evcon) {
+        evhttp_connection_set_closecb(evcon, NULL, NULL);
+        struct bufferevent *bev = evhttp_connection_get_bufferevent(evcon);
+        struct timeval t = {(time_t)r->srv->opts.idle_timeout_s, 0};
+        bufferevent_set_timeouts(bev, &t, &t);
+    }
+    evhttp_send_reply_end(r->req);
+    req_finish(r);
+}
+
+/* ---------------------------------------------------------------- accessors */
+
+const char *cm_req_id(const struct cm_req *r)
+{
+    return r->id;
+}
+
+const char *cm_req_route(const struct cm_req *r)
+{
+    return r->route ? r->route->label : "unmatched";
+}
+
+const char *cm_req_method_name(const struct cm_req *r)
+{
+    return r->method_name;
+}
+
+const char *cm_req_path(const struct cm_req *r)
+{
+    return r->path;
+}
+
+const char *cm_req_path_tail(const struct cm_req *r)
+{
+    return r->tail ? r->tail : "";
+}
+
+const char *cm_req_header(const struct cm_req *r, const char *name)
+{
+    return evhttp_find_header(evhttp_request_get_input_headers(r->req), name);
+}
+
+const char *cm_req_query(const struct cm_req *r, const char *name)
+{
+    struct cm_req *m = (struct cm_req *)r;
+    if (!m->query_parsed) {
+        TAILQ_INIT(&m->query);
+        const char *q = evhttp_uri_get_query(evhttp_request_get_evhttp_uri(r->req));
+        if (q)
+            evhttp_parse_query_str(q, &m->query);
+        m->query_parsed = 1;
+    }
+    return evhttp_find_header(&m->query, name);
+}
+
+struct evbuffer *cm_req_body(const struct cm_req *r)
+{
+    return evhttp_request_get_input_buffer(r->req);
+}
+
+int cm_req_status(const struct cm_req *r)
+{
+    return r->status;
+}
+
+double cm_req_elapsed(const struct cm_req *r)
+{
+    return now_diff(&r->start);
+}
+
+void cm_req_set_data(struct cm_req *r, void *data)
+{
+    r->data = data;
+}
+
+void *cm_req_get_data(const struct cm_req *r)
+{
+    return r->data;
+}
+
+json_t *cm_req_parse_json_object(struct cm_req *r)
+{
+    struct evbuffer *body = cm_req_body(r);
+    size_t len = evbuffer_get_length(body);
+    const char *data = (const char *)evbuffer_pullup(body, -1);
+    char err[200];
+    if (len == 0) {
+        cm_req_reply_error(r, 400, "invalid_request_error",
+                           "We could not parse the JSON body of your request: the body is empty.",
+                           NULL, NULL);
+        return NULL;
+    }
+    json_t *v = cm_json_parse(data, len, err, sizeof err);
+    if (!v) {
+        char msg[300];
+        snprintf(msg, sizeof msg, "We could not parse the JSON body of your request: %s.", err);
+        cm_req_reply_error(r, 400, "invalid_request_error", msg, NULL, NULL);
+        return NULL;
+    }
+    if (!json_is_object(v)) {
+        json_decref(v);
+        cm_req_reply_error(r, 400, "invalid_request_error",
+                           "The request body must be a JSON object.", NULL, NULL);
+        return NULL;
+    }
+    return v;
+}
+
+/* ---------------------------------------------------------------- dispatch */
+
+static int check_api_key(struct cm_http_server *srv, struct cm_req *r, int *sent_key)
+{
+    const char *auth = cm_req_header(r, "Authorization");
+    *sent_key = 0;
+    if (!auth || strncasecmp(auth, "Bearer ", 7) != 0)
+        return -1;
+    const char *key = auth + 7;
+    while (*key == ' ')
+        key++;
+    *sent_key = *key != '\0';
+    unsigned char h[SHA256_DIGEST_LENGTH];
+    SHA256((const unsigned char *)key, strlen(key), h);
+    return CRYPTO_memcmp(h, srv->api_key_hash, sizeof h) == 0 ? 0 : -1;
+}
+
+static void gencb(struct evhttp_request *req, void *arg)
+{
+    struct cm_http_server *srv = arg;
+    struct cm_req *r = cm_xcalloc(1, sizeof *r);
+    r->srv = srv;
+    r->req = req;
+    r->state = REQ_PENDING;
+    r->status = 0;
+    clock_gettime(CLOCK_MONOTONIC, &r->start);
+    enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
+    r->method_name = method_name(cmd);
+
+    const char *rid = evhttp_find_header(evhttp_request_get_input_headers(req), "X-Request-Id");
+    if (rid && valid_request_id(rid))
+        snprintf(r->id, sizeof r->id, "%s", rid);
+    else
+        generate_request_id(r->id, sizeof r->id);
+    evhttp_add_header(evhttp_request_get_output_headers(req), "X-Request-Id", r->id);
+
+    const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
+    const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
+    r->path = cm_xstrdup(path && *path ? path : "/");
+
+    r->next = srv->live;
+    if (srv->live)
+        srv->live->prev = r;
+    srv->live = r;
+
+    unsigned bit = method_bit(cmd);
+    const struct route *match = NULL;
+    int path_matched = 0;
+    unsigned allowed = 0;
+    for (const struct route *rt = srv->routes; rt; rt = rt->next) {
+        int ok = (rt->flags & CM_ROUTE_PREFIX)
+                     ? strncmp(r->path, rt->path, rt->path_len) == 0 && r->path[rt->path_len]
+                     : strcmp(r->path, rt->path) == 0;
+        if (!ok)
+            continue;
+        path_matched = 1;
+        unsigned methods = rt->methods | ((rt->methods & CM_GET) ? CM_HEAD : 0);
+        allowed |= methods;
+        if (methods & bit) {
+            match = rt;
+            break;
+        }
+    }
+    if (!match) {
+        char msg[400];
+        if (path_matched) {
+            char allow[64] = "";
+            size_t used = 0;
+            static const char *const names[] = {"GET",    "POST",    "HEAD", "PUT",
+                                                "DELETE", "OPTIONS", "PATCH"};
+            for (unsigned i = 0; i < 7; i++)
+                if (allowed & (1u << i))
+                    used += (size_t)snprintf(allow + used, sizeof allow - used, "%s%s",
+                                             used ? ", " : "", names[i]);
+            cm_req_add_header(r, "Allow", allow);
+            snprintf(msg, sizeof msg, "Method %s is not allowed for %.200s. Allowed: %s.",
+                     r->method_name, r->path, allow);
+            cm_req_reply_error(r, 405, "invalid_request_error", msg, NULL, "method_not_allowed");
+        } else {
+            snprintf(msg, sizeof msg, "Unknown request URL: %s %.200s.", r->method_name, r->path);
+            cm_req_reply_error(r, 404, "invalid_request_error", msg, NULL, "unknown_url");
+        }
+        return;
+    }
+    r->route = match;
+    if (match->flags & CM_ROUTE_PREFIX) {
+        char *dec = evhttp_uridecode(r->path + match->path_len, 0, NULL);
+        r->tail = dec ? cm_xstrdup(dec) : cm_xstrdup("");
+        free(dec);
+    }
+    if (srv->draining && !(match->flags & CM_ROUTE_DRAIN_OK)) {
+        cm_req_add_header(r, "Connection", "close");
+        cm_req_add_header(r, "Retry-After", "1");
+        cm_req_reply_error(r, 503, "service_unavailable_error",
+                           "The server is shutting down; retry on another instance.", NULL,
+                           "shutting_down");
+        return;
+    }
+    if ((match->flags & CM_ROUTE_AUTH) && srv->has_api_key) {
+        int sent_key;
+        if (check_api_key(srv, r, &sent_key) != 0) {
+            cm_req_add_header(r, "WWW-Authenticate", "Bearer");
+            if (sent_key)
+                cm_req_reply_error(r, 401, "invalid_request_error", "Incorrect API key provided.",
+                                   NULL, "invalid_api_key");
+            else
+                cm_req_reply_error(r, 401, "invalid_request_error",
+                                   "You didn't provide an API key. You need to provide your API "
+                                   "key in an Authorization header using Bearer auth (i.e. "
+                                   "Authorization: Bearer YOUR_KEY).",
+                                   NULL, NULL);
+            return;
+        }
+    }
+    if (!(match->flags & CM_ROUTE_DRAIN_OK)) {
+        r->counted = 1;
+        srv->inflight++;
+    }
+    srv->dispatching = r;
+    match->cb(r, match->arg);
+    /* The handler may have replied (and so freed r); if not, watch the
+     * client while the reply is deferred. */
+    if (srv->dispatching == r && r->state == REQ_PENDING)
+        start_watch(r);
+    srv->dispatching = NULL;
+}
+
+/* ---------------------------------------------------------------- server */
+
+struct cm_http_server *cm_http_server_new(struct event_base *base,
+                                          const struct cm_http_server_opts *opts)
+{
+    struct cm_http_server *srv = cm_xcalloc(1, sizeof *srv);
+    srv->base = base;
+    srv->opts = *opts;
+    srv->host = cm_xstrdup(opts->host ? opts->host : "127.0.0.1");
+    srv->opts.host = srv->host;
+    srv->routes_tail = &srv->routes;
+    if (opts->api_key && *opts->api_key) {
+        SHA256((const unsigned char *)opts->api_key, strlen(opts->api_key), srv->api_key_hash);
+        srv->has_api_key = 1;
+    }
+    srv->opts.api_key = NULL;
+    srv->http = evhttp_new(base);
+    if (!srv->http) {
+        free(srv->host);
+        free(srv);
+        return NULL;
+    }
+    evhttp_set_allowed_methods(srv->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD |
+                                              EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE |
+                                              EVHTTP_REQ_OPTIONS | EVHTTP_REQ_PATCH);
+    if (opts->max_body_bytes > 0)
+        evhttp_set_max_body_size(srv->http, opts->max_body_bytes);
+    if (opts->max_header_bytes > 0)
+        evhttp_set_max_headers_size(srv->http, opts->max_header_bytes);
+    if (opts->idle_timeout_s > 0) {
+        struct timeval tv = {(time_t)opts->idle_timeout_s,
+                             (suseconds_t)((opts->idle_timeout_s -
+                                            (double)(long long)opts->idle_timeout_s) *
+                                           1e6)};
+        evhttp_set_timeout_tv(srv->http, &tv);
+    }
+    evhttp_set_flags(srv->http, EVHTTP_SERVER_LINGERING_CLOSE);
+    evhttp_set_default_content_type(srv->http, "application/json");
+    evhttp_set_gencb(srv->http, gencb, srv);
+    return srv;
+}
+
+void cm_http_server_route(struct cm_http_server *srv, unsigned methods, const char *path,
+                          unsigned flags, const char *label, cm_route_cb cb, void *arg)
+{
+    struct route *rt = cm_xcalloc(1, sizeof *rt);
+    rt->methods = methods;
+    rt->flags = flags;
+    rt->path = cm_xstrdup(path);
+    rt->path_len = strlen(path);
+    rt->label = cm_xstrdup(label);
+    rt->cb = cb;
+    rt->arg = arg;
+    *srv->routes_tail = rt;
+    srv->routes_tail = &rt->next;
+}
+
+void cm_http_server_on_done(struct cm_http_server *srv, cm_req_done_cb cb, void *arg)
+{
+    srv->done_cb = cb;
+    srv->done_arg = arg;
+}
+
+int cm_http_server_start(struct cm_http_server *srv, char *err, size_t errlen)
+{
+    srv->bound = evhttp_bind_socket_with_handle(srv->http, srv->host, (ev_uint16_t)srv->opts.port);
+    if (!srv->bound) {
+        snprintf(err, errlen, "cannot listen on %s:%d: %s", srv->host, srv->opts.port,
+                 strerror(errno));
+        return -1;
+    }
+    evutil_socket_t fd = evhttp_bound_socket_get_fd(srv->bound);
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    srv->port = srv->opts.port;
+    if (getsockname(fd, (struct sockaddr *)&ss, &sl) == 0) {
+        if (ss.ss_family == AF_INET)
+            srv->port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
+        else if (ss.ss_family == AF_INET6)
+            srv->port = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+    }
+    return 0;
+}
+
+int cm_http_server_port(const struct cm_http_server *srv)
+{
+    return srv->port;
+}
+
+void cm_http_server_drain(struct cm_http_server *srv)
+{
+    if (srv->draining)
+        return;
+    srv->draining = 1;
+    if (srv->bound) {
+        evhttp_del_accept_socket(srv->http, srv->bound);
+        srv->bound = NULL;
+    }
+}
+
+int cm_http_server_draining(const struct cm_http_server *srv)
+{
+    return srv->draining;
+}
+
+unsigned cm_http_server_inflight(const struct cm_http_server *srv)
+{
+    return srv->inflight;
+}
+
+void cm_http_server_free(struct cm_http_server *srv)
+{
+    if (!srv)
+        return;
+    while (srv->live) {
+        struct cm_req *r = srv->live;
+        struct evhttp_connection *evcon = evhttp_request_get_connection(r->req);
+        if (evcon)
+            evhttp_connection_set_closecb(evcon, NULL, NULL);
+        r->aborted = 1;
+        if (r->status == 0)
+            r->status = 499;
+        if (r->abort_cb)
+            r->abort_cb(r, r->abort_arg);
+        if (srv->live == r) /* the callback did not finish it */
+            req_finish(r);
+    }
+    evhttp_free(srv->http);
+    struct route *rt = srv->routes;
+    while (rt) {
+        struct route *n = rt->next;
+        free(rt->path);
+        free(rt->label);
+        free(rt);
+        rt = n;
+    }
+    free(srv->host);
+    free(srv);
+}

@@ -1,0 +1,140 @@
+/*
+ * cm_http_server: evhttp (libevent 2.1) server with a router, request ids,
+ * OpenAI-style JSON errors, streaming replies and client-abort detection.
+ *
+ * Lifecycle of a request (struct cm_req):
+ *
+ *   accepted -> route callback -> replied (cm_req_reply_*)      -> freed
+ *                             \-> deferred -> replied            -> freed
+ *                             \-> deferred -> streaming -> end   -> freed
+ *                             \-> deferred/streaming -> client gone:
+ *                                   abort callback runs, then    -> freed
+ *
+ * A handler either replies before returning or keeps the cm_req and replies
+ * later from the same event loop. While a reply is pending, the server
+ * watches the client socket; when the client goes away (EOF or reset) the
+ * abort callback set with cm_req_on_abort() runs exactly once and the cm_req
+ * is freed right after it returns: the handler must drop its pointer and
+ * cancel its work (e.g. the upstream transfer) inside the callback.
+ *
+ * Ownership: the server owns every struct cm_req. Strings returned by
+ * cm_req_* getters are borrowed and valid until the request is freed.
+ * Functions ending in _json steal the json_t reference they are given.
+ * All functions must be called on the loop thread.
+ */
+#ifndef CM_HTTP_SERVER_H
+#define CM_HTTP_SERVER_H
+
+#include <jansson.h>
+#include <stddef.h>
+
+struct event_base;
+struct evbuffer;
+struct cm_http_server;
+struct cm_req;
+
+enum cm_method {
+    CM_GET = 1 << 0,
+    CM_POST = 1 << 1,
+    CM_HEAD = 1 << 2,
+    CM_PUT = 1 << 3,
+    CM_DELETE = 1 << 4,
+    CM_OPTIONS = 1 << 5,
+    CM_PATCH = 1 << 6,
+};
+
+/* Route flags. */
+enum {
+    CM_ROUTE_PREFIX = 1 << 0,     /* path is a prefix ("/v1/models/") */
+    CM_ROUTE_AUTH = 1 << 1,       /* needs the API key when one is configured */
+    CM_ROUTE_DRAIN_OK = 1 << 2,   /* still served while draining (health, metrics) */
+};
+
+typedef void (*cm_route_cb)(struct cm_req *r, void *arg);
+typedef void (*cm_req_abort_cb)(struct cm_req *r, void *arg);
+typedef void (*cm_req_drain_cb)(struct cm_req *r, void *arg);
+typedef void (*cm_req_done_cb)(const struct cm_req *r, void *arg);
+
+struct cm_http_server_opts {
+    const char *host;           /* borrowed during cm_http_server_start() */
+    int port;                   /* 0 = any free port */
+    long long max_body_bytes;   /* request body limit (413) */
+    long long max_header_bytes; /* request line + headers limit */
+    double idle_timeout_s;      /* read/write timeout of connections */
+    const char *api_key;        /* copied; NULL or "" = no auth */
+};
+
+struct cm_http_server *cm_http_server_new(struct event_base *base,
+                                          const struct cm_http_server_opts *opts);
+/* Closes every connection; pending requests get their abort callback. */
+void cm_http_server_free(struct cm_http_server *srv);
+
+/* methods: CM_GET|CM_POST...; label names the route in logs and metrics. */
+void cm_http_server_route(struct cm_http_server *srv, unsigned methods, const char *path,
+                          unsigned flags, const char *label, cm_route_cb cb, void *arg);
+
+/* Called once per finished request (replied or aborted), for metrics. */
+void cm_http_server_on_done(struct cm_http_server *srv, cm_req_done_cb cb, void *arg);
+
+/* Binds and listens. Returns 0, or -1 with a reason in err. */
+int cm_http_server_start(struct cm_http_server *srv, char *err, size_t errlen);
+int cm_http_server_port(const struct cm_http_server *srv);
+
+/* Graceful shutdown: stop accepting; answer 503 to new non-DRAIN_OK requests. */
+void cm_http_server_drain(struct cm_http_server *srv);
+int cm_http_server_draining(const struct cm_http_server *srv);
+/* Requests accepted and not finished (DRAIN_OK routes excluded). */
+unsigned cm_http_server_inflight(const struct cm_http_server *srv);
+
+/* --- request accessors --- */
+const char *cm_req_id(const struct cm_req *r);
+const char *cm_req_route(const struct cm_req *r);
+const char *cm_req_method_name(const struct cm_req *r);
+const char *cm_req_path(const struct cm_req *r);
+/* Remainder after a CM_ROUTE_PREFIX path, URL-decoded ("" when none). */
+const char *cm_req_path_tail(const struct cm_req *r);
+const char *cm_req_header(const struct cm_req *r, const char *name);
+/* Value of a query parameter (decoded) or NULL. */
+const char *cm_req_query(const struct cm_req *r, const char *name);
+/* Borrowed request body. */
+struct evbuffer *cm_req_body(const struct cm_req *r);
+int cm_req_status(const struct cm_req *r);
+double cm_req_elapsed(const struct cm_req *r); /* seconds since accepted */
+/* Attach a handler-owned pointer (not freed by the server). */
+void cm_req_set_data(struct cm_req *r, void *data);
+void *cm_req_get_data(const struct cm_req *r);
+
+/*
+ * Parses the body as a JSON object. On failure replies 400 (OpenAI envelope)
+ * and returns NULL; the request is then finished.
+ */
+json_t *cm_req_parse_json_object(struct cm_req *r);
+
+/* --- replies --- */
+/* Adds a response header (before the reply starts). Returns 0 or -1 (CR/LF). */
+int cm_req_add_header(struct cm_req *r, const char *name, const char *value);
+void cm_req_reply_json(struct cm_req *r, int status, json_t *body);
+void cm_req_reply_error(struct cm_req *r, int status, const char *type, const char *message,
+                        const char *param, const char *code);
+void cm_req_reply_text(struct cm_req *r, int status, const char *content_type, const char *data,
+                       size_t len);
+/* Sends and empties buf (the caller still owns it). */
+void cm_req_reply_buffer(struct cm_req *r, int status, const char *content_type,
+                         struct evbuffer *buf);
+
+/* Registers the client-gone callback (see the lifecycle above). */
+void cm_req_on_abort(struct cm_req *r, cm_req_abort_cb cb, void *arg);
+
+/* Streaming (chunked) reply. */
+void cm_req_stream_start(struct cm_req *r, int status, const char *content_type);
+int cm_req_streaming(const struct cm_req *r);
+/* Queues data (copied). */
+void cm_req_stream_write(struct cm_req *r, const char *data, size_t len);
+/* Bytes queued towards the client and not yet sent. */
+size_t cm_req_stream_backlog(const struct cm_req *r);
+/* cb runs once the queued output has been written (for backpressure). */
+void cm_req_stream_on_drain(struct cm_req *r, cm_req_drain_cb cb, void *arg);
+/* Ends the chunked reply and frees the request. */
+void cm_req_stream_end(struct cm_req *r);
+
+#endif

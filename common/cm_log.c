@@ -1,0 +1,164 @@
+/* cm_log: structured logging (see cm_log.h). */
+#include "cm_log.h"
+
+#include <event2/event.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+#include <time.h>
+
+enum cm_log_level cm_log_min_level = CM_LOG_INFO;
+static enum cm_log_format log_format = CM_LOG_TEXT;
+static const char *log_service = "app";
+
+static const char *const level_names[] = {"debug", "info", "warn", "error"};
+
+void cm_log_init(const char *service, enum cm_log_level level, enum cm_log_format format)
+{
+    log_service = service;
+    cm_log_min_level = level;
+    log_format = format;
+}
+
+int cm_log_parse_level(const char *name, enum cm_log_level *out)
+{
+    static const struct {
+        const char *name;
+        enum cm_log_level level;
+    } names[] = {{"debug", CM_LOG_DEBUG}, {"info", CM_LOG_INFO},   {"warn", CM_LOG_WARN},
+                 {"warning", CM_LOG_WARN}, {"error", CM_LOG_ERROR}};
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        if (strcasecmp(name, names[i].name) == 0) {
+            *out = names[i].level;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+int cm_log_parse_format(const char *name, enum cm_log_format *out)
+{
+    if (strcasecmp(name, "text") == 0 || strcasecmp(name, "logfmt") == 0) {
+        *out = CM_LOG_TEXT;
+        return 0;
+    }
+    if (strcasecmp(name, "json") == 0) {
+        *out = CM_LOG_JSON;
+        return 0;
+    }
+    return -1;
+}
+
+static void format_ts(char *buf, size_t len)
+{
+    struct timeval tv;
+    gettimeofday(&tv, NULL);
+    struct tm tm;
+    gmtime_r(&tv.tv_sec, &tm);
+    size_t n = strftime(buf, len, "%Y-%m-%dT%H:%M:%S", &tm);
+    snprintf(buf + n, len - n, ".%03ldZ", (long)(tv.tv_usec / 1000));
+}
+
+/* logfmt value: bare when safe, else a JSON-style quoted string. */
+static void text_append_value(json_t *v, FILE *mem)
+{
+    if (json_is_string(v)) {
+        const char *s = json_string_value(v);
+        int bare = *s != '\0';
+        for (const char *p = s; *p; p++) {
+            unsigned char c = (unsigned char)*p;
+            if (c <= ' ' || c == '"' || c == '=' || c == '\\' || c >= 0x7f) {
+                bare = 0;
+                break;
+            }
+        }
+        if (bare) {
+            fputs(s, mem);
+            return;
+        }
+    }
+    char *enc = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT);
+    if (enc) {
+        fputs(enc, mem);
+        free(enc);
+    }
+}
+
+void cm_log_fields(enum cm_log_level level, const char *req_id, const char *event, json_t *fields)
+{
+    char ts[40];
+    format_ts(ts, sizeof ts);
+    char *line = NULL;
+    size_t line_len = 0;
+    FILE *mem = open_memstream(&line, &line_len);
+    if (!mem) {
+        json_decref(fields);
+        return;
+    }
+    if (log_format == CM_LOG_JSON) {
+        json_t *obj = json_object();
+        json_object_set_new(obj, "ts", json_string(ts));
+        json_object_set_new(obj, "level", json_string(level_names[level]));
+        json_object_set_new(obj, "service", json_string(log_service));
+        json_object_set_new(obj, "event", json_string(event));
+        if (req_id && *req_id)
+            json_object_set_new(obj, "req_id", json_string(req_id));
+        if (fields)
+            json_object_update_missing(obj, fields);
+        char *enc = json_dumps(obj, JSON_COMPACT | JSON_PRESERVE_ORDER);
+        if (enc) {
+            fputs(enc, mem);
+            free(enc);
+        }
+        json_decref(obj);
+    } else {
+        fprintf(mem, "ts=%s level=%s service=%s event=%s", ts, level_names[level], log_service,
+                event);
+        if (req_id && *req_id)
+            fprintf(mem, " req_id=%s", req_id);
+        if (fields) {
+            const char *key;
+            json_t *v;
+            json_object_foreach(fields, key, v)
+            {
+                fprintf(mem, " %s=", key);
+                text_append_value(v, mem);
+            }
+        }
+    }
+    fputc('\n', mem);
+    fclose(mem);
+    fwrite(line, 1, line_len, stderr);
+    free(line);
+    json_decref(fields);
+}
+
+void cm_log_msg(enum cm_log_level level, const char *req_id, const char *event, const char *fmt, ...)
+{
+    char buf[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    json_t *fields = json_object();
+    json_object_set_new(fields, "msg", json_string(buf));
+    if (!json_object_get(fields, "msg")) /* not valid UTF-8: keep a marker */
+        json_object_set_new(fields, "msg", json_string("(unprintable)"));
+    cm_log_fields(level, req_id, event, fields);
+}
+
+static void libevent_log_cb(int severity, const char *msg)
+{
+    enum cm_log_level level = severity >= EVENT_LOG_ERR    ? CM_LOG_ERROR
+                              : severity >= EVENT_LOG_WARN ? CM_LOG_WARN
+                              : severity >= EVENT_LOG_MSG  ? CM_LOG_INFO
+                                                           : CM_LOG_DEBUG;
+    CM_LOGM(level, NULL, "libevent", "%s", msg);
+}
+
+void cm_log_capture_libevent(void)
+{
+    event_set_log_callback(libevent_log_cb);
+}

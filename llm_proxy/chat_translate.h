@@ -1,0 +1,74 @@
+/*
+ * chat_translate: OpenAI chat completions <-> Ollama native /api/chat.
+ *
+ * Pure functions on jansson values, no I/O (unit-tested directly). Field
+ * mappings follow ../shared/upstream-api.md §1-§2 and are summarised in
+ * README.md. Thinking never lands in content: native message.thinking and a
+ * leading inline <think> block both become reasoning_content.
+ *
+ * Ownership: functions returning json_t* return a new reference; inputs are
+ * borrowed. struct chat_request's strings are owned by it
+ * (chat_request_deinit). struct chat_stream owns its state
+ * (chat_stream_deinit).
+ */
+#ifndef CHAT_TRANSLATE_H
+#define CHAT_TRANSLATE_H
+
+#include "cm_think.h"
+#include "proxy_error.h"
+
+#include <jansson.h>
+
+struct chat_request {
+    char *model;       /* as the client sent it */
+    int stream;        /* stream:true */
+    int include_usage; /* stream_options.include_usage */
+    json_t *native;    /* the /api/chat body */
+};
+
+/* Returns 0, or -1 with err filled (400). */
+int chat_request_translate(const json_t *oai, struct chat_request *out, struct proxy_error *err);
+void chat_request_deinit(struct chat_request *req);
+
+/* "chatcmpl-" + 24 random characters; buf >= 40 bytes. */
+void chat_new_id(char *buf, size_t len);
+
+struct chat_usage {
+    long long prompt_tokens;
+    long long completion_tokens;
+};
+
+/* Native non-stream reply -> chat.completion. NULL + err (502) if malformed. */
+json_t *chat_response_translate(const json_t *native, const char *model, const char *id,
+                                long long created, struct chat_usage *usage,
+                                struct proxy_error *err);
+
+/* Streaming: one native NDJSON line at a time. */
+struct chat_stream {
+    char id[48];
+    char *model;
+    long long created;
+    int include_usage;
+    int role_sent;
+    int tool_calls; /* tool calls emitted so far */
+    int done;
+    struct cm_think_splitter think;
+    struct chat_usage usage;
+};
+
+void chat_stream_init(struct chat_stream *st, const char *model, const char *id,
+                      long long created, int include_usage);
+void chat_stream_deinit(struct chat_stream *st);
+
+enum { CHAT_STREAM_MORE = 0, CHAT_STREAM_DONE = 1, CHAT_STREAM_ERROR = -1 };
+/*
+ * Translates one parsed line into zero or more chunk objects appended to
+ * chunks (a JSON array). Returns CHAT_STREAM_DONE after the final line
+ * (finish chunk and, if asked, the usage chunk appended), or
+ * CHAT_STREAM_ERROR with err filled when the line reports an upstream
+ * failure or is malformed.
+ */
+int chat_stream_line(struct chat_stream *st, const json_t *line, json_t *chunks,
+                     struct proxy_error *err);
+
+#endif

@@ -1,0 +1,285 @@
+/*
+ * llm_proxy: OpenAI-compatible HTTP gateway in front of Ollama.
+ *
+ * main wires configuration, logging, the event loop, the HTTP server and the
+ * upstream client together, and runs the shutdown sequence:
+ *   SIGTERM/SIGINT -> stop accepting, /ready 503 -> wait for in-flight
+ *   requests (at most SHUTDOWN_GRACE) -> close everything -> exit 0.
+ * A second signal exits at once.
+ */
+#include "proxy.h"
+
+#include "cm_alloc.h"
+#include "cm_log.h"
+
+#include <curl/curl.h>
+#include <event2/event.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static const double duration_buckets[] = {0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                                          1,     2.5,   5,    10,    30,   60,  120};
+
+struct app {
+    struct proxy px;
+    struct event *sigterm, *sigint, *drain_timer, *grace_timer;
+    int signals;
+};
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "Usage: llm_proxy [--help] [--version] [--healthcheck]\n"
+            "\n"
+            "OpenAI-compatible HTTP gateway in front of Ollama: /v1/chat/completions (JSON and\n"
+            "SSE), /v1/embeddings, /v1/models, /health, /ready, /metrics.\n"
+            "\n"
+            "Options:\n"
+            "  --help         show this help and exit\n"
+            "  --version      print the version and exit\n"
+            "  --healthcheck  GET /health on the configured port; exit 0 when healthy\n"
+            "\n");
+    proxy_config_help(out);
+    fprintf(out, "\nExit status: 0 after a clean shutdown, 1 on a runtime failure, 2 on bad "
+                 "configuration.\n");
+}
+
+static void record_done(const struct cm_req *r, void *arg)
+{
+    struct proxy *px = arg;
+    char status[16];
+    snprintf(status, sizeof status, "%d", cm_req_status(r));
+    const char *labels[] = {cm_req_route(r), cm_req_method_name(r), status};
+    cm_metric_add(px->m_requests, labels, 1);
+    const char *route[] = {cm_req_route(r)};
+    cm_metric_observe(px->m_duration, route, cm_req_elapsed(r));
+}
+
+static void drain_check_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct app *app = arg;
+    (void)fd;
+    (void)what;
+    if (cm_http_server_inflight(app->px.srv) == 0) {
+        CM_INFO(NULL, "shutdown", "all requests finished");
+        event_base_loopexit(app->px.base, NULL);
+    }
+}
+
+static void grace_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct app *app = arg;
+    (void)fd;
+    (void)what;
+    CM_WARN(NULL, "shutdown", "grace period over; closing %u request(s)",
+            cm_http_server_inflight(app->px.srv));
+    event_base_loopexit(app->px.base, NULL);
+}
+
+static void signal_cb(evutil_socket_t sig, short what, void *arg)
+{
+    struct app *app = arg;
+    (void)what;
+    if (++app->signals > 1) {
+        CM_WARN(NULL, "shutdown", "second signal; exiting now");
+        event_base_loopbreak(app->px.base);
+        return;
+    }
+    CM_INFO(NULL, "shutdown", "signal %d: draining %u request(s), grace %.1fs", (int)sig,
+            cm_http_server_inflight(app->px.srv), app->px.cfg.shutdown_grace);
+    cm_http_server_drain(app->px.srv);
+    struct timeval poll = {0, 20000};
+    app->drain_timer = event_new(app->px.base, -1, EV_PERSIST, drain_check_cb, app);
+    event_add(app->drain_timer, &poll);
+    double g = app->px.cfg.shutdown_grace;
+    struct timeval gt = {(time_t)g, (suseconds_t)((g - (double)(time_t)g) * 1e6)};
+    app->grace_timer = evtimer_new(app->px.base, grace_cb, app);
+    evtimer_add(app->grace_timer, &gt);
+}
+
+static void setup_metrics(struct proxy *px)
+{
+    px->metrics = cm_metrics_new();
+    px->m_requests = cm_metrics_counter(px->metrics, "llm_proxy_http_requests_total",
+                                        "HTTP requests by route, method and status.",
+                                        "route,method,status");
+    px->m_duration = cm_metrics_histogram(
+        px->metrics, "llm_proxy_http_request_duration_seconds",
+        "Time from request to the end of the reply.", "route", duration_buckets,
+        sizeof duration_buckets / sizeof duration_buckets[0]);
+    px->m_ttft = cm_metrics_histogram(
+        px->metrics, "llm_proxy_time_to_first_token_seconds",
+        "Streams: time from request to the first upstream message.", "route", duration_buckets,
+        sizeof duration_buckets / sizeof duration_buckets[0]);
+    px->m_inflight = cm_metrics_gauge(px->metrics, "llm_proxy_http_requests_in_flight",
+                                      "Requests being processed.", NULL);
+    px->m_upstream_errors = cm_metrics_counter(px->metrics, "llm_proxy_upstream_errors_total",
+                                               "Failed upstream exchanges by route and kind.",
+                                               "route,kind");
+    px->m_tokens = cm_metrics_counter(px->metrics, "llm_proxy_tokens_total",
+                                      "Tokens reported by the upstream, by type.", "type");
+}
+
+static void setup_routes(struct proxy *px)
+{
+    struct cm_http_server *s = px->srv;
+    cm_http_server_route(s, CM_POST, "/v1/chat/completions", CM_ROUTE_AUTH, "chat_completions",
+                         chat_handle, px);
+    cm_http_server_route(s, CM_POST, "/v1/embeddings", CM_ROUTE_AUTH, "embeddings", embed_handle,
+                         px);
+    cm_http_server_route(s, CM_GET, "/v1/models", CM_ROUTE_AUTH, "models", models_handle_list, px);
+    cm_http_server_route(s, CM_GET, "/v1/models/", CM_ROUTE_AUTH | CM_ROUTE_PREFIX, "model",
+                         models_handle_get, px);
+    cm_http_server_route(s, CM_GET, "/health", CM_ROUTE_DRAIN_OK, "health", health_handle_live,
+                         px);
+    cm_http_server_route(s, CM_GET, "/ready", CM_ROUTE_DRAIN_OK, "ready", health_handle_ready, px);
+    cm_http_server_route(s, CM_GET, "/metrics", CM_ROUTE_DRAIN_OK, "metrics",
+                         health_handle_metrics, px);
+}
+
+static int write_port_file(const char *path, int port)
+{
+    char tmp[4096];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *f = fopen(tmp, "w");
+    if (!f)
+        return -1;
+    fprintf(f, "%d\n", port);
+    if (fclose(f) != 0)
+        return -1;
+    return rename(tmp, path);
+}
+
+/* --healthcheck: for container HEALTHCHECKs without curl. */
+static int healthcheck(const struct proxy_config *cfg)
+{
+    const char *host = strcmp(cfg->host, "0.0.0.0") == 0 || strcmp(cfg->host, "::") == 0
+                           ? "127.0.0.1"
+                           : cfg->host;
+    char url[512];
+    snprintf(url, sizeof url, "http://%s:%lld/health", host, cfg->port);
+    CURL *c = curl_easy_init();
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, 3000L);
+    curl_easy_setopt(c, CURLOPT_NOBODY, 0L);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, fwrite);
+    FILE *devnull = fopen("/dev/null", "w");
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, devnull);
+    CURLcode rc = curl_easy_perform(c);
+    long status = 0;
+    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
+    curl_easy_cleanup(c);
+    if (devnull)
+        fclose(devnull);
+    if (rc != CURLE_OK || status != 200) {
+        fprintf(stderr, "unhealthy: %s (HTTP %ld)\n", curl_easy_strerror(rc), status);
+        return 1;
+    }
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option longopts[] = {{"help", no_argument, NULL, 'h'},
+                                             {"version", no_argument, NULL, 'V'},
+                                             {"healthcheck", no_argument, NULL, 'H'},
+                                             {NULL, 0, NULL, 0}};
+    int do_healthcheck = 0, opt;
+    while ((opt = getopt_long(argc, argv, "hV", longopts, NULL)) != -1) {
+        switch (opt) {
+        case 'h':
+            usage(stdout);
+            return 0;
+        case 'V':
+            printf("llm_proxy %s\n", PROJECT_VERSION);
+            return 0;
+        case 'H':
+            do_healthcheck = 1;
+            break;
+        default:
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "llm_proxy: unexpected argument '%s'\n", argv[optind]);
+        return 2;
+    }
+
+    static struct app app;
+    struct proxy *px = &app.px;
+    char err[512];
+    if (proxy_config_load(&px->cfg, NULL, NULL, err, sizeof err) != 0) {
+        fprintf(stderr, "llm_proxy: configuration error: %s\n", err);
+        return 2;
+    }
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+    if (do_healthcheck) {
+        int rc = healthcheck(&px->cfg);
+        proxy_config_free(&px->cfg);
+        curl_global_cleanup();
+        return rc;
+    }
+    enum cm_log_level level = CM_LOG_INFO;
+    enum cm_log_format format = CM_LOG_TEXT;
+    cm_log_parse_level(px->cfg.log_level, &level);
+    cm_log_parse_format(px->cfg.log_format, &format);
+    cm_log_init("llm_proxy", level, format);
+    cm_log_capture_libevent();
+    signal(SIGPIPE, SIG_IGN);
+
+    px->base = event_base_new();
+    px->hc = cm_hc_new(px->base);
+    setup_metrics(px);
+    struct cm_http_server_opts so = {.host = px->cfg.host,
+                                     .port = (int)px->cfg.port,
+                                     .max_body_bytes = px->cfg.max_body_bytes,
+                                     .max_header_bytes = px->cfg.max_header_bytes,
+                                     .idle_timeout_s = px->cfg.idle_timeout,
+                                     .api_key = px->cfg.api_key};
+    px->srv = cm_http_server_new(px->base, &so);
+    cm_http_server_on_done(px->srv, record_done, px);
+    setup_routes(px);
+    int rc = 0;
+    if (cm_http_server_start(px->srv, err, sizeof err) != 0) {
+        CM_ERROR(NULL, "startup_failed", "%s", err);
+        rc = 1;
+        goto out;
+    }
+    proxy_config_log(&px->cfg);
+    CM_INFO(NULL, "listening", "host=%s port=%d upstream=%s version=%s", px->cfg.host,
+            cm_http_server_port(px->srv), px->cfg.ollama_url, PROJECT_VERSION);
+    if (px->cfg.port_file && write_port_file(px->cfg.port_file, cm_http_server_port(px->srv))) {
+        CM_ERROR(NULL, "startup_failed", "cannot write LLM_PROXY_PORT_FILE %s", px->cfg.port_file);
+        rc = 1;
+        goto out;
+    }
+    app.sigterm = evsignal_new(px->base, SIGTERM, signal_cb, &app);
+    app.sigint = evsignal_new(px->base, SIGINT, signal_cb, &app);
+    event_add(app.sigterm, NULL);
+    event_add(app.sigint, NULL);
+
+    event_base_dispatch(px->base);
+    CM_INFO(NULL, "stopped", "exiting");
+
+out:
+    cm_http_server_free(px->srv);
+    cm_hc_free(px->hc);
+    if (app.sigterm)
+        event_free(app.sigterm);
+    if (app.sigint)
+        event_free(app.sigint);
+    if (app.drain_timer)
+        event_free(app.drain_timer);
+    if (app.grace_timer)
+        event_free(app.grace_timer);
+    cm_metrics_free(px->metrics);
+    event_base_free(px->base);
+    proxy_config_free(&px->cfg);
+    curl_global_cleanup();
+    return rc;
+}

@@ -1,0 +1,53 @@
+/*
+ * proxy: the state llm_proxy's handlers share (one per process, owned by
+ * main.c), and the handlers' entry points.
+ */
+#ifndef PROXY_H
+#define PROXY_H
+
+#include "cm_http_client.h"
+#include "cm_http_server.h"
+#include "cm_metrics.h"
+#include "proxy_config.h"
+#include "proxy_error.h"
+
+struct proxy {
+    struct proxy_config cfg;
+    struct event_base *base;
+    struct cm_http_server *srv;
+    struct cm_hc *hc;
+    struct cm_metrics *metrics;
+    struct cm_metric *m_requests;        /* route, method, status */
+    struct cm_metric *m_duration;        /* route */
+    struct cm_metric *m_ttft;            /* route */
+    struct cm_metric *m_inflight;        /* gauge */
+    struct cm_metric *m_upstream_errors; /* route, kind */
+    struct cm_metric *m_tokens;          /* type */
+};
+
+/* Route handlers (arg = struct proxy *). */
+void chat_handle(struct cm_req *r, void *arg);
+void embed_handle(struct cm_req *r, void *arg);
+void models_handle_list(struct cm_req *r, void *arg);
+void models_handle_get(struct cm_req *r, void *arg);
+void health_handle_live(struct cm_req *r, void *arg);
+void health_handle_ready(struct cm_req *r, void *arg);
+void health_handle_metrics(struct cm_req *r, void *arg);
+
+/* Replies with e as an OpenAI error. */
+void proxy_reply_error(struct cm_req *r, const struct proxy_error *e);
+
+/*
+ * Turns a failed upstream exchange into a proxy_error: transport failures
+ * (502 unreachable, 504 timeout) or an upstream error status with Ollama's
+ * {"error":"..."} body (its message passed on). model names the requested
+ * model for 404s. Also counts the failure in the upstream_errors metric.
+ */
+void proxy_upstream_error(struct proxy *px, const char *route, enum cm_hc_result result,
+                          long status, struct evbuffer *body, const char *errmsg,
+                          const char *model, struct proxy_error *out);
+
+/* Builds "<OLLAMA_URL_INTERNAL><path>"; caller frees. */
+char *proxy_upstream_url(const struct proxy *px, const char *path);
+
+#endif

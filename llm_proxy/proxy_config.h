@@ -1,0 +1,36 @@
+/*
+ * proxy_config: llm_proxy's settings, one table (see cm_config.h).
+ * Ownership: strings belong to the struct; free with proxy_config_free().
+ */
+#ifndef PROXY_CONFIG_H
+#define PROXY_CONFIG_H
+
+#include "cm_config.h"
+#include "cm_log.h"
+
+struct proxy_config {
+    char *host;
+    long long port;
+    char *port_file;
+    char *ollama_url;
+    double chat_timeout;
+    double embeddings_timeout;
+    double connect_timeout;
+    double idle_timeout;
+    double sse_keepalive;
+    double shutdown_grace;
+    long long max_body_bytes;
+    long long max_header_bytes;
+    char *api_key;
+    char *log_level;
+    char *log_format;
+};
+
+/* Returns 0, or -1 with a reason naming the variable. getenv_fn NULL = getenv. */
+int proxy_config_load(struct proxy_config *cfg, cm_cfg_getenv_cb getenv_fn, void *ctx, char *err,
+                      size_t errlen);
+void proxy_config_free(struct proxy_config *cfg);
+void proxy_config_help(FILE *out);
+void proxy_config_log(struct proxy_config *cfg);
+
+#endif

@@ -1,0 +1,17 @@
+/* proxy_error: see proxy_error.h. */
+#include "proxy_error.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+
+void proxy_error_set(struct proxy_error *e, int status, const char *param, const char *code,
+                     const char *fmt, ...)
+{
+    e->status = status;
+    snprintf(e->param, sizeof e->param, "%s", param ? param : "");
+    e->code = code;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(e->message, sizeof e->message, fmt, ap);
+    va_end(ap);
+}

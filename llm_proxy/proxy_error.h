@@ -1,0 +1,18 @@
+/*
+ * proxy_error: the error a translation step reports, turned into an OpenAI
+ * error reply by the handler. Plain value type; no ownership.
+ */
+#ifndef PROXY_ERROR_H
+#define PROXY_ERROR_H
+
+struct proxy_error {
+    int status;         /* HTTP status to answer with */
+    char message[512];  /* human text */
+    char param[128];    /* field path, "" = null */
+    const char *code;   /* static string or NULL */
+};
+
+void proxy_error_set(struct proxy_error *e, int status, const char *param, const char *code,
+                     const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+
+#endif
