@@ -1,0 +1,418 @@
+/* Unit tests of llm_proxy's translation: requests, responses, stream lines. */
+#include "chat_translate.h"
+#include "cm_json.h"
+#include "embed_translate.h"
+#include "models_translate.h"
+#include "unit.h"
+
+#include <stdlib.h>
+
+static json_t *J(const char *text)
+{
+    json_error_t e;
+    json_t *v = json_loads(text, JSON_DECODE_ANY, &e);
+    if (!v)
+        fprintf(stderr, "bad test JSON: %s: %s\n", text, e.text);
+    return v;
+}
+
+/* Path lookup "a.b.0.c" in a JSON value (borrowed). */
+static json_t *at(json_t *v, const char *path)
+{
+    char buf[256];
+    snprintf(buf, sizeof buf, "%s", path);
+    char *save = NULL;
+    for (char *tok = strtok_r(buf, ".", &save); tok && v; tok = strtok_r(NULL, ".", &save)) {
+        if (json_is_array(v))
+            v = json_array_get(v, (size_t)atoi(tok));
+        else
+            v = json_object_get(v, tok);
+    }
+    return v;
+}
+
+static const char *S(json_t *v, const char *path)
+{
+    return json_string_value(at(v, path));
+}
+
+static long long I(json_t *v, const char *path)
+{
+    return (long long)json_integer_value(at(v, path));
+}
+
+static json_t *translate_ok(const char *oai, struct chat_request *req)
+{
+    json_t *in = J(oai);
+    struct proxy_error err = {0};
+    int rc = chat_request_translate(in, req, &err);
+    json_decref(in);
+    if (rc != 0)
+        fprintf(stderr, "unexpected error: %s\n", err.message);
+    CHECK(rc == 0);
+    return rc == 0 ? req->native : NULL;
+}
+
+static void translate_err(const char *oai, int status, const char *param)
+{
+    json_t *in = J(oai);
+    struct chat_request req;
+    struct proxy_error err = {0};
+    int rc = chat_request_translate(in, &req, &err);
+    json_decref(in);
+    CHECK(rc == -1);
+    CHECK(err.status == status);
+    CHECK_STR(err.param, param);
+    CHECK(strlen(err.message) > 0);
+}
+
+static void request_basic_mapping(void)
+{
+    struct chat_request req;
+    json_t *n = translate_ok(
+        "{\"model\":\"qwen3:8b\",\"messages\":[{\"role\":\"developer\",\"content\":\"Be brief\"},"
+        "{\"role\":\"user\",\"content\":\"Hi\"}],\"max_tokens\":32,\"temperature\":0.1,"
+        "\"top_p\":0.5,\"seed\":11,\"stop\":\"\\n\",\"frequency_penalty\":0.5,"
+        "\"presence_penalty\":-0.5,\"user\":\"u1\"}",
+        &req);
+    if (!n)
+        return;
+    CHECK_STR(S(n, "model"), "qwen3:8b");
+    CHECK(json_is_false(at(n, "stream")));
+    CHECK_STR(S(n, "messages.0.role"), "system");
+    CHECK_STR(S(n, "messages.1.content"), "Hi");
+    CHECK(I(n, "options.num_predict") == 32);
+    CHECK(json_real_value(at(n, "options.temperature")) == 0.1);
+    CHECK(json_real_value(at(n, "options.top_p")) == 0.5);
+    CHECK(I(n, "options.seed") == 11);
+    CHECK_STR(S(n, "options.stop.0"), "\n");
+    CHECK(json_real_value(at(n, "options.frequency_penalty")) == 0.5);
+    CHECK(json_real_value(at(n, "options.presence_penalty")) == -0.5);
+    CHECK(at(n, "user") == NULL);
+    CHECK(at(n, "think") == NULL);
+    CHECK(!req.stream);
+    chat_request_deinit(&req);
+}
+
+static void request_ollama_controls(void)
+{
+    struct chat_request req;
+    json_t *n = translate_ok(
+        "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],"
+        "\"max_completion_tokens\":7,\"max_tokens\":99,\"keep_alive\":\"20m\","
+        "\"options\":{\"num_ctx\":8192,\"temperature\":0.9},\"temperature\":0.2,"
+        "\"reasoning_effort\":\"none\",\"stream\":true,\"stream_options\":{\"include_usage\":true}}",
+        &req);
+    if (!n)
+        return;
+    CHECK(I(n, "options.num_predict") == 7);
+    CHECK(I(n, "options.num_ctx") == 8192);
+    CHECK(json_real_value(at(n, "options.temperature")) == 0.2);
+    CHECK_STR(S(n, "keep_alive"), "20m");
+    CHECK(json_is_false(at(n, "think")));
+    CHECK(json_is_true(at(n, "stream")));
+    CHECK(req.stream && req.include_usage);
+    chat_request_deinit(&req);
+
+    n = translate_ok("{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],"
+                     "\"think\":true,\"reasoning_effort\":\"none\",\"keep_alive\":0}",
+                     &req);
+    CHECK(json_is_true(at(n, "think")));
+    CHECK(I(n, "keep_alive") == 0);
+    chat_request_deinit(&req);
+
+    n = translate_ok("{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],"
+                     "\"reasoning\":{\"effort\":\"minimal\"},\"reasoning_effort\":\"high\"}",
+                     &req);
+    CHECK_STR(S(n, "think"), "low");
+    chat_request_deinit(&req);
+}
+
+static void request_response_format(void)
+{
+    struct chat_request req;
+    json_t *n = translate_ok("{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],"
+                             "\"response_format\":{\"type\":\"json_object\"}}",
+                             &req);
+    CHECK_STR(S(n, "format"), "json");
+    chat_request_deinit(&req);
+    n = translate_ok("{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],"
+                     "\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{\"name\":\"a\","
+                     "\"schema\":{\"type\":\"object\"}}}}",
+                     &req);
+    CHECK_STR(S(n, "format.type"), "object");
+    chat_request_deinit(&req);
+}
+
+static void request_tools_and_images(void)
+{
+    struct chat_request req;
+    json_t *n = translate_ok(
+        "{\"model\":\"m\",\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"get_time\","
+        "\"parameters\":{\"type\":\"object\"}}}],\"messages\":["
+        "{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"What is this?\"},"
+        "{\"type\":\"image_url\",\"image_url\":{\"url\":\"data:image/png;base64,iVBORw0KGgo=\"}}]},"
+        "{\"role\":\"assistant\",\"content\":null,\"tool_calls\":[{\"id\":\"call_1\",\"type\":"
+        "\"function\",\"function\":{\"name\":\"get_time\",\"arguments\":\"{\\\"tz\\\":\\\"UTC\\\"}"
+        "\"}}]},{\"role\":\"tool\",\"tool_call_id\":\"call_1\",\"content\":\"12:00\"}]}",
+        &req);
+    if (!n)
+        return;
+    CHECK_STR(S(n, "tools.0.function.name"), "get_time");
+    CHECK_STR(S(n, "messages.0.content"), "What is this?");
+    CHECK_STR(S(n, "messages.0.images.0"), "iVBORw0KGgo=");
+    CHECK_STR(S(n, "messages.1.content"), "");
+    CHECK_STR(S(n, "messages.1.tool_calls.0.function.arguments.tz"), "UTC");
+    CHECK_STR(S(n, "messages.2.tool_name"), "get_time");
+    CHECK_STR(S(n, "messages.2.tool_call_id"), "call_1");
+    chat_request_deinit(&req);
+}
+
+static void request_errors(void)
+{
+    translate_err("{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}", 400, "model");
+    translate_err("{\"model\":\"m\"}", 400, "messages");
+    translate_err("{\"model\":\"m\",\"messages\":[]}", 400, "messages");
+    translate_err("{\"model\":\"m\",\"messages\":[{\"role\":\"wizard\",\"content\":\"x\"}]}", 400,
+                  "messages[0].role");
+    translate_err("{\"model\":\"m\",\"messages\":[{\"role\":\"user\"}]}", 400,
+                  "messages[0].content");
+    translate_err("{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],"
+                  "\"temperature\":3}",
+                  400, "temperature");
+    translate_err("{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],"
+                  "\"max_tokens\":0}",
+                  400, "max_tokens");
+    translate_err("{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],"
+                  "\"stream\":\"yes\"}",
+                  400, "stream");
+    translate_err("{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],"
+                  "\"reasoning_effort\":\"extreme\"}",
+                  400, "reasoning_effort");
+    translate_err("{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":"
+                  "\"image_url\",\"image_url\":{\"url\":\"https://x/y.png\"}}]}]}",
+                  400, "messages[0].content[0]");
+    translate_err("{\"model\":\"m\",\"messages\":[{\"role\":\"assistant\",\"tool_calls\":[{\"id\":"
+                  "\"a\",\"function\":{\"name\":\"f\",\"arguments\":\"{not json\"}}]}]}",
+                  400, "messages[0].tool_calls[0].function");
+    translate_err("{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"n\":2}",
+                  400, "n");
+    translate_err("{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],"
+                  "\"stream_options\":{\"include_usage\":true}}",
+                  400, "stream_options");
+}
+
+static void response_non_stream(void)
+{
+    json_t *native = J("{\"model\":\"qwen3:8b\",\"created_at\":\"2026-03-02T10:15:04.50871Z\","
+                       "\"message\":{\"role\":\"assistant\",\"content\":\"Pacific.\",\"thinking\":"
+                       "\"Compare.\"},\"done\":true,\"done_reason\":\"stop\",\"prompt_eval_count\":27,"
+                       "\"eval_count\":4}");
+    struct chat_usage u;
+    struct proxy_error err;
+    json_t *out = chat_response_translate(native, "qwen3:8b", "chatcmpl-x", 123, &u, &err);
+    CHECK_STR(S(out, "object"), "chat.completion");
+    CHECK_STR(S(out, "id"), "chatcmpl-x");
+    CHECK(I(out, "created") == 123);
+    CHECK_STR(S(out, "choices.0.message.role"), "assistant");
+    CHECK_STR(S(out, "choices.0.message.content"), "Pacific.");
+    CHECK_STR(S(out, "choices.0.message.reasoning_content"), "Compare.");
+    CHECK_STR(S(out, "choices.0.finish_reason"), "stop");
+    CHECK(I(out, "usage.prompt_tokens") == 27);
+    CHECK(I(out, "usage.completion_tokens") == 4);
+    CHECK(I(out, "usage.total_tokens") == 31);
+    json_decref(out);
+    json_decref(native);
+
+    /* Inline think (older Ollama) and length. */
+    native = J("{\"message\":{\"role\":\"assistant\",\"content\":\"<think>hmm</think>\\n\\nYes.\"},"
+               "\"done\":true,\"done_reason\":\"length\"}");
+    out = chat_response_translate(native, "m", "id", 1, &u, &err);
+    CHECK_STR(S(out, "choices.0.message.content"), "Yes.");
+    CHECK_STR(S(out, "choices.0.message.reasoning_content"), "hmm");
+    CHECK_STR(S(out, "choices.0.finish_reason"), "length");
+    json_decref(out);
+    json_decref(native);
+
+    /* Tool calls: arguments object -> string. */
+    native = J("{\"message\":{\"role\":\"assistant\",\"content\":\"\",\"tool_calls\":[{\"id\":"
+               "\"call_4kq0z8ab\",\"function\":{\"index\":0,\"name\":\"get_time\",\"arguments\":"
+               "{\"tz\":\"UTC\"}}}]},\"done\":true,\"done_reason\":\"stop\"}");
+    out = chat_response_translate(native, "m", "id", 1, &u, &err);
+    CHECK(json_is_null(at(out, "choices.0.message.content")));
+    CHECK_STR(S(out, "choices.0.message.tool_calls.0.id"), "call_4kq0z8ab");
+    CHECK_STR(S(out, "choices.0.message.tool_calls.0.type"), "function");
+    CHECK_STR(S(out, "choices.0.message.tool_calls.0.function.arguments"), "{\"tz\":\"UTC\"}");
+    CHECK_STR(S(out, "choices.0.finish_reason"), "tool_calls");
+    json_decref(out);
+    json_decref(native);
+
+    native = J("{\"done\":true}");
+    out = chat_response_translate(native, "m", "id", 1, &u, &err);
+    CHECK(out == NULL && err.status == 502);
+    json_decref(native);
+}
+
+static json_t *feed(struct chat_stream *st, const char *line, int *rc)
+{
+    json_t *l = J(line);
+    json_t *chunks = json_array();
+    struct proxy_error err = {0};
+    *rc = chat_stream_line(st, l, chunks, &err);
+    json_decref(l);
+    return chunks;
+}
+
+static void stream_lines(void)
+{
+    struct chat_stream st;
+    chat_stream_init(&st, "qwen3:8b", "chatcmpl-s", 55, 1);
+    int rc;
+    json_t *c = feed(&st,
+                     "{\"message\":{\"role\":\"assistant\",\"content\":\"\",\"thinking\":\"Hm\"},"
+                     "\"done\":false}",
+                     &rc);
+    CHECK(rc == CHAT_STREAM_MORE && json_array_size(c) == 1);
+    CHECK_STR(S(c, "0.object"), "chat.completion.chunk");
+    CHECK_STR(S(c, "0.id"), "chatcmpl-s");
+    CHECK_STR(S(c, "0.choices.0.delta.role"), "assistant");
+    CHECK_STR(S(c, "0.choices.0.delta.reasoning_content"), "Hm");
+    CHECK(at(c, "0.choices.0.delta.content") == NULL);
+    CHECK(json_is_null(at(c, "0.choices.0.finish_reason")));
+    CHECK(json_is_null(at(c, "0.usage")));
+    json_decref(c);
+
+    c = feed(&st, "{\"message\":{\"role\":\"assistant\",\"content\":\"Paci\"},\"done\":false}", &rc);
+    CHECK(json_array_size(c) == 1);
+    CHECK(at(c, "0.choices.0.delta.role") == NULL);
+    CHECK_STR(S(c, "0.choices.0.delta.content"), "Paci");
+    json_decref(c);
+
+    c = feed(&st,
+             "{\"message\":{\"role\":\"assistant\",\"content\":\"fic.\"},\"done\":true,"
+             "\"done_reason\":\"stop\",\"prompt_eval_count\":27,\"eval_count\":61}",
+             &rc);
+    CHECK(rc == CHAT_STREAM_DONE);
+    CHECK(json_array_size(c) == 3);
+    CHECK_STR(S(c, "0.choices.0.delta.content"), "fic.");
+    CHECK_STR(S(c, "1.choices.0.finish_reason"), "stop");
+    CHECK(json_object_size(at(c, "1.choices.0.delta")) == 0);
+    CHECK(json_array_size(at(c, "2.choices")) == 0);
+    CHECK(I(c, "2.usage.total_tokens") == 88);
+    json_decref(c);
+    chat_stream_deinit(&st);
+}
+
+static void stream_inline_think_and_tools(void)
+{
+    struct chat_stream st;
+    chat_stream_init(&st, "m", "id", 1, 0);
+    int rc;
+    json_t *c = feed(&st, "{\"message\":{\"content\":\"<think>\"},\"done\":false}", &rc);
+    CHECK(json_array_size(c) == 1);
+    CHECK(at(c, "0.usage") == NULL);
+    CHECK(at(c, "0.choices.0.delta.content") == NULL || strcmp(S(c, "0.choices.0.delta.content"), "") == 0);
+    json_decref(c);
+    c = feed(&st, "{\"message\":{\"content\":\"plan</think>\\n\\nOK\"},\"done\":false}", &rc);
+    CHECK_STR(S(c, "0.choices.0.delta.reasoning_content"), "plan");
+    CHECK_STR(S(c, "0.choices.0.delta.content"), "OK");
+    json_decref(c);
+    c = feed(&st,
+             "{\"message\":{\"content\":\"\",\"tool_calls\":[{\"function\":{\"name\":\"f\","
+             "\"arguments\":{\"a\":1}}}]},\"done\":false}",
+             &rc);
+    CHECK_STR(S(c, "0.choices.0.delta.tool_calls.0.function.arguments"), "{\"a\":1}");
+    CHECK(I(c, "0.choices.0.delta.tool_calls.0.index") == 0);
+    CHECK(strncmp(S(c, "0.choices.0.delta.tool_calls.0.id"), "call_", 5) == 0);
+    json_decref(c);
+    c = feed(&st, "{\"message\":{\"content\":\"\"},\"done\":true,\"done_reason\":\"stop\"}", &rc);
+    CHECK(rc == CHAT_STREAM_DONE && json_array_size(c) == 1);
+    CHECK_STR(S(c, "0.choices.0.finish_reason"), "tool_calls");
+    json_decref(c);
+    chat_stream_deinit(&st);
+}
+
+static void stream_error_line(void)
+{
+    struct chat_stream st;
+    chat_stream_init(&st, "m", "id", 1, 0);
+    json_t *l = J("{\"error\":\"model runner crashed\"}");
+    json_t *chunks = json_array();
+    struct proxy_error err = {0};
+    CHECK(chat_stream_line(&st, l, chunks, &err) == CHAT_STREAM_ERROR);
+    CHECK(strstr(err.message, "model runner crashed") != NULL);
+    CHECK(json_array_size(chunks) == 0);
+    json_decref(l);
+    json_decref(chunks);
+    chat_stream_deinit(&st);
+}
+
+static void embeddings(void)
+{
+    json_t *in = J("{\"model\":\"bge-m3\",\"input\":[\"a\",\"b\"],\"encoding_format\":\"base64\","
+                   "\"dimensions\":2,\"keep_alive\":\"1m\"}");
+    struct embed_request req;
+    struct proxy_error err;
+    CHECK(embed_request_translate(in, &req, &err) == 0);
+    json_decref(in);
+    CHECK(req.base64 && req.n_inputs == 2);
+    CHECK_STR(S(req.native, "input.1"), "b");
+    CHECK(I(req.native, "dimensions") == 2);
+    CHECK_STR(S(req.native, "keep_alive"), "1m");
+    json_t *native = J("{\"model\":\"bge-m3\",\"embeddings\":[[1.0,0.0],[0.5,-2]],"
+                       "\"prompt_eval_count\":3}");
+    long long tok = 0;
+    json_t *out = embed_response_translate(native, &req, &tok, &err);
+    CHECK(tok == 3);
+    CHECK_STR(S(out, "object"), "list");
+    CHECK_STR(S(out, "data.0.embedding"), "AACAPwAAAAA="); /* 1.0f, 0.0f little-endian */
+    CHECK(I(out, "data.1.index") == 1);
+    CHECK(I(out, "usage.prompt_tokens") == 3 && I(out, "usage.total_tokens") == 3);
+    CHECK_STR(S(out, "model"), "bge-m3");
+    json_decref(out);
+    json_decref(native);
+    native = J("{\"embeddings\":[[1.0]]}");
+    CHECK(embed_response_translate(native, &req, &tok, &err) == NULL && err.status == 502);
+    json_decref(native);
+    embed_request_deinit(&req);
+
+    const char *bad[] = {"{\"input\":\"x\"}", "{\"model\":\"m\"}", "{\"model\":\"m\",\"input\":[]}",
+                         "{\"model\":\"m\",\"input\":[1,2,3]}", "{\"model\":\"m\",\"input\":\"\"}",
+                         "{\"model\":\"m\",\"input\":\"x\",\"encoding_format\":\"hex\"}",
+                         "{\"model\":\"m\",\"input\":\"x\",\"dimensions\":0}"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        in = J(bad[i]);
+        CHECK(embed_request_translate(in, &req, &err) == -1 && err.status == 400);
+        json_decref(in);
+    }
+}
+
+static void models(void)
+{
+    json_t *tags = J("{\"models\":[{\"name\":\"qwen3:8b\",\"model\":\"qwen3:8b\",\"modified_at\":"
+                     "\"2026-03-02T10:15:04.50871Z\"},{\"name\":\"me/bge:latest\",\"model\":"
+                     "\"me/bge:latest\",\"modified_at\":\"2026-03-02T03:15:04-07:00\"}]}");
+    json_t *list = models_list_translate(tags);
+    CHECK_STR(S(list, "object"), "list");
+    CHECK(json_array_size(at(list, "data")) == 2);
+    CHECK_STR(S(list, "data.0.id"), "qwen3:8b");
+    CHECK_STR(S(list, "data.0.owned_by"), "library");
+    CHECK_STR(S(list, "data.1.owned_by"), "me");
+    CHECK(I(list, "data.0.created") == I(list, "data.1.created"));
+    CHECK(I(list, "data.0.created") == 1772446504);
+    json_decref(list);
+    json_t *m = models_find_translate(tags, "me/bge");
+    CHECK_STR(S(m, "id"), "me/bge");
+    json_decref(m);
+    CHECK(models_find_translate(tags, "nosuch") == NULL);
+    json_t *empty = J("{\"models\":[]}");
+    list = models_list_translate(empty);
+    CHECK(json_is_array(at(list, "data")) && json_array_size(at(list, "data")) == 0);
+    json_decref(list);
+    json_decref(empty);
+    json_decref(tags);
+}
+
+UNIT_MAIN(T(request_basic_mapping), T(request_ollama_controls), T(request_response_format),
+          T(request_tools_and_images), T(request_errors), T(response_non_stream), T(stream_lines),
+          T(stream_inline_think_and_tools), T(stream_error_line), T(embeddings), T(models))
