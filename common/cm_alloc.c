@@ -44,7 +44,8 @@ char *cm_xstrdup(const char *s)
 char *cm_xstrndup(const char *s, size_t n)
 {
     char *p = cm_xmalloc(n + 1);
-    memcpy(p, s, n);
+    if (n)
+        memcpy(p, s, n);
     p[n] = '\0';
     return p;
 }

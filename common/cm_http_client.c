@@ -40,6 +40,7 @@ struct cm_hc_req {
     int paused;
     int too_large;
     int timed_out;
+    int connected; /* a connection (new or reused) was ready for the request */
     double idle_timeout_s;
     struct event *first_byte_timer;
     struct event *idle_timer;
@@ -192,11 +193,8 @@ static enum cm_hc_result map_curl_result(struct cm_hc_req *req, CURLcode rc)
     case CURLE_COULDNT_RESOLVE_HOST:
     case CURLE_COULDNT_RESOLVE_PROXY:
         return CM_HC_ERR_CONNECT;
-    case CURLE_OPERATION_TIMEDOUT: {
-        curl_off_t connect_us = 0;
-        curl_easy_getinfo(req->easy, CURLINFO_CONNECT_TIME_T, &connect_us);
-        return connect_us == 0 ? CM_HC_ERR_CONNECT : CM_HC_ERR_TIMEOUT;
-    }
+    case CURLE_OPERATION_TIMEDOUT:
+        return req->connected ? CM_HC_ERR_TIMEOUT : CM_HC_ERR_CONNECT;
     default:
         return CM_HC_ERR_IO;
     }
@@ -241,6 +239,15 @@ static void arm_idle(struct cm_hc_req *req)
 }
 
 /* ------------------------------------------------------------ curl callbacks */
+
+static int prereq_cb(void *arg, char *conn_primary_ip, char *conn_local_ip, int conn_primary_port,
+                     int conn_local_port)
+{
+    struct cm_hc_req *req = arg;
+    (void)conn_primary_ip, (void)conn_local_ip, (void)conn_primary_port, (void)conn_local_port;
+    req->connected = 1;
+    return CURL_PREREQFUNC_OK;
+}
 
 static size_t header_cb(char *buf, size_t size, size_t n, void *arg)
 {
@@ -368,6 +375,8 @@ struct cm_hc_req *cm_hc_start(struct cm_hc *hc, const struct cm_hc_opts *o,
     curl_easy_setopt(e, CURLOPT_WRITEDATA, req);
     curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, header_cb);
     curl_easy_setopt(e, CURLOPT_HEADERDATA, req);
+    curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, prereq_cb);
+    curl_easy_setopt(e, CURLOPT_PREREQDATA, req);
     if (o->connect_timeout_s > 0)
         curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)ceil(o->connect_timeout_s * 1000));
     if (o->total_timeout_s > 0)

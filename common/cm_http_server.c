@@ -678,6 +678,86 @@ static void gencb(struct evhttp_request *req, void *arg)
     srv->dispatching = NULL;
 }
 
+/* ---------------------------------------------------------------- evhttp's own errors */
+
+/*
+ * evhttp 2.1 answers some failures itself, before any callback of ours runs:
+ * a body over evhttp_set_max_body_size() (413), headers over the header limit
+ * (413) and unparsable requests (400), always with evhttp_send_error()'s fixed
+ * HTML page and Connection: close. libevent 2.2 added evhttp_set_errorcb()
+ * for this; 2.1 has no hook. So each connection's output buffer gets a
+ * callback that recognises exactly that page (the only text/html this server
+ * ever sends) when it is the whole pending output, and swaps it for the same
+ * status with an OpenAI error body.
+ */
+static const char EVHTTP_PAGE_END[] = "</BODY></HTML>\n";
+
+static void rewrite_error_page_cb(struct evbuffer *out, const struct evbuffer_cb_info *info,
+                                  void *arg)
+{
+    struct cm_http_server *srv = arg;
+    size_t len = evbuffer_get_length(out);
+    size_t end_len = sizeof EVHTTP_PAGE_END - 1;
+    if (info->n_added == 0 || len < 40 || len > 2048)
+        return;
+    /* evbuffer_copyout() refuses a buffer whose start is frozen (a socket
+     * bufferevent's output may be): peek instead. */
+    char buf[2049];
+    struct evbuffer_iovec vec[8];
+    int nvec = evbuffer_peek(out, -1, NULL, vec, 8);
+    size_t got = 0;
+    for (int i = 0; i < nvec && i < 8; i++) {
+        size_t n = vec[i].iov_len < len - got ? vec[i].iov_len : len - got;
+        memcpy(buf + got, vec[i].iov_base, n);
+        got += n;
+    }
+    if (got != len)
+        return;
+    buf[len] = '\0';
+    int major, minor, status;
+    if (memcmp(buf + len - end_len, EVHTTP_PAGE_END, end_len) != 0 ||
+        sscanf(buf, "HTTP/%d.%d %d ", &major, &minor, &status) != 3 ||
+        !strstr(buf, "\r\nContent-Type: text/html\r\n"))
+        return;
+    char msg[200];
+    const char *code;
+    if (status == 413) {
+        snprintf(msg, sizeof msg,
+                 "The request is too large: the body may be at most %lld bytes and the request "
+                 "line and headers at most %lld bytes.",
+                 srv->opts.max_body_bytes, srv->opts.max_header_bytes);
+        code = "request_too_large";
+    } else {
+        snprintf(msg, sizeof msg, "The HTTP request could not be parsed (status %d).", status);
+        code = "malformed_request";
+    }
+    json_t *body = cm_oai_error(msg, cm_oai_error_type(status), NULL, code);
+    char *text = cm_json_dumps(body);
+    json_decref(body);
+    const char *phrase = status == 413 ? "Payload Too Large" : "Bad Request";
+    /* Replace the page; unfreeze the start for that if it is frozen. */
+    int frozen = evbuffer_drain(out, len) != 0; /* re-enters with n_added == 0 */
+    if (frozen) {
+        evbuffer_unfreeze(out, 1);
+        evbuffer_drain(out, len);
+    }
+    evbuffer_add_printf(out,
+                        "HTTP/%d.%d %d %s\r\nContent-Type: application/json\r\n"
+                        "Connection: close\r\nContent-Length: %zu\r\n\r\n%s\n",
+                        major, minor, status, phrase, strlen(text) + 1, text);
+    if (frozen)
+        evbuffer_freeze(out, 1);
+    free(text);
+}
+
+static struct bufferevent *make_bev(struct event_base *base, void *arg)
+{
+    struct bufferevent *bev = bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
+    if (bev)
+        evbuffer_add_cb(bufferevent_get_output(bev), rewrite_error_page_cb, arg);
+    return bev;
+}
+
 /* ---------------------------------------------------------------- server */
 
 struct cm_http_server *cm_http_server_new(struct event_base *base,
@@ -717,6 +797,7 @@ struct cm_http_server *cm_http_server_new(struct event_base *base,
     evhttp_set_flags(srv->http, EVHTTP_SERVER_LINGERING_CLOSE);
     evhttp_set_default_content_type(srv->http, "application/json");
     evhttp_set_gencb(srv->http, gencb, srv);
+    evhttp_set_bevcb(srv->http, make_bev, srv);
     return srv;
 }
 
@@ -771,11 +852,9 @@ void cm_http_server_drain(struct cm_http_server *srv)
 {
     if (srv->draining)
         return;
+    /* The listener stays open so /ready can answer 503 and new work gets a
+     * clean 503 with Connection: close instead of a refused connection. */
     srv->draining = 1;
-    if (srv->bound) {
-        evhttp_del_accept_socket(srv->http, srv->bound);
-        srv->bound = NULL;
-    }
 }
 
 int cm_http_server_draining(const struct cm_http_server *srv)

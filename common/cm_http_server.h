@@ -80,7 +80,8 @@ void cm_http_server_on_done(struct cm_http_server *srv, cm_req_done_cb cb, void 
 int cm_http_server_start(struct cm_http_server *srv, char *err, size_t errlen);
 int cm_http_server_port(const struct cm_http_server *srv);
 
-/* Graceful shutdown: stop accepting; answer 503 to new non-DRAIN_OK requests. */
+/* Graceful shutdown: new requests to non-DRAIN_OK routes get 503 with
+ * Connection: close; requests in flight continue. */
 void cm_http_server_drain(struct cm_http_server *srv);
 int cm_http_server_draining(const struct cm_http_server *srv);
 /* Requests accepted and not finished (DRAIN_OK routes excluded). */

@@ -594,6 +594,7 @@ static void handle_chat(struct cm_req *r, void *arg)
     } else if (strstr(text, "@error-mid") || strstr(text, "@truncate")) {
         int err = strstr(text, "@error-mid") != NULL;
         mode = err ? MODE_ERROR_MID : MODE_TRUNCATE;
+        json_array_remove(lines, json_array_size(lines) - 1); /* the final line */
         while (json_array_size(lines) > 2)
             json_array_remove(lines, 2);
         if (err)
