@@ -159,7 +159,8 @@ static int load_one(const struct cm_cfg *c, const char *raw, char *err, size_t e
                 if (strcasecmp(raw, *ch) == 0)
                     ok = 1;
             if (!ok) {
-                snprintf(err, errlen, "%s: invalid value \"%s\" (expected one of the documented choices)",
+                snprintf(err, errlen,
+                         "%s: invalid value \"%s\" (expected one of the documented choices)",
                          c->env, raw);
                 return -1;
             }
@@ -211,13 +212,13 @@ static int load_one(const struct cm_cfg *c, const char *raw, char *err, size_t e
     case CM_CFG_BYTES: {
         long long v;
         if (!raw || cm_cfg_parse_bytes(raw, &v) != 0) {
-            snprintf(err, errlen, "%s: invalid size \"%s\" (bytes, or with k/KiB/M/MiB/G)",
-                     c->env, raw ? raw : "");
+            snprintf(err, errlen, "%s: invalid size \"%s\" (bytes, or with k/KiB/M/MiB/G)", c->env,
+                     raw ? raw : "");
             return -1;
         }
         if (out_of_bounds(c, (double)v)) {
-            snprintf(err, errlen, "%s: %lld bytes is out of range [%.0f, %.0f]", c->env, v,
-                     c->min, c->max);
+            snprintf(err, errlen, "%s: %lld bytes is out of range [%.0f, %.0f]", c->env, v, c->min,
+                     c->max);
             return -1;
         }
         *(long long *)c->dst = v;

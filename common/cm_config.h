@@ -28,14 +28,14 @@ enum cm_cfg_type {
 };
 
 struct cm_cfg {
-    const char *env;           /* environment variable name */
-    enum cm_cfg_type type;     /* how to parse */
-    const char *def;           /* default as text; NULL = unset (strings only) */
-    double min, max;           /* bounds for INT, SECONDS, BYTES (both 0 = none) */
+    const char *env;            /* environment variable name */
+    enum cm_cfg_type type;      /* how to parse */
+    const char *def;            /* default as text; NULL = unset (strings only) */
+    double min, max;            /* bounds for INT, SECONDS, BYTES (both 0 = none) */
     const char *const *choices; /* NULL-terminated, for CM_CFG_ENUM */
-    int secret;                /* never printed */
-    void *dst;                 /* where the parsed value goes */
-    const char *help;          /* one line */
+    int secret;                 /* never printed */
+    void *dst;                  /* where the parsed value goes */
+    const char *help;           /* one line */
 };
 
 /* Lookup function (getenv-like) so tests can feed values. */

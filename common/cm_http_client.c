@@ -16,9 +16,13 @@
 #define DEFAULT_MAX_RESPONSE (64u * 1024 * 1024)
 #define ERROR_BODY_MAX (256u * 1024)
 
+#define EASY_POOL_MAX 64
+
 struct cm_hc {
     struct event_base *base;
     CURLM *multi;
+    CURL *pool[EASY_POOL_MAX]; /* reset easy handles ready for reuse */
+    unsigned npool;
     struct event *timer;
     struct cm_hc_req *reqs; /* doubly linked list of running transfers */
     unsigned active;
@@ -52,6 +56,7 @@ struct cm_hc_req {
 struct sock_ctx {
     struct event *ev;
     curl_socket_t fd;
+    int what; /* CURL_POLL_* currently armed */
 };
 
 static void check_multi_info(struct cm_hc *hc);
@@ -86,7 +91,8 @@ const char *cm_hc_result_name(enum cm_hc_result r)
 static void event_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct cm_hc *hc = arg;
-    int action = ((what & EV_READ) ? CURL_CSELECT_IN : 0) | ((what & EV_WRITE) ? CURL_CSELECT_OUT : 0);
+    int action =
+        ((what & EV_READ) ? CURL_CSELECT_IN : 0) | ((what & EV_WRITE) ? CURL_CSELECT_OUT : 0);
     int running;
     curl_multi_socket_action(hc->multi, fd, action, &running);
     check_multi_info(hc);
@@ -137,9 +143,12 @@ static int multi_sock_cb(CURL *easy, curl_socket_t s, int what, void *arg, void 
         sc->ev = event_new(hc->base, s, kind, event_cb, hc);
         curl_multi_assign(hc->multi, s, sc);
     } else {
+        if (sc->what == what)
+            return 0; /* unchanged: no epoll_ctl */
         event_del(sc->ev);
         event_assign(sc->ev, hc->base, s, kind, event_cb, hc);
     }
+    sc->what = what;
     event_add(sc->ev, NULL);
     return 0;
 }
@@ -151,7 +160,12 @@ static void req_unlink_free(struct cm_hc_req *req)
     struct cm_hc *hc = req->hc;
     if (req->easy) {
         curl_multi_remove_handle(hc->multi, req->easy);
-        curl_easy_cleanup(req->easy);
+        if (hc->npool < EASY_POOL_MAX) {
+            curl_easy_reset(req->easy);
+            hc->pool[hc->npool++] = req->easy;
+        } else {
+            curl_easy_cleanup(req->easy);
+        }
     }
     if (req->prev)
         req->prev->next = req->next;
@@ -216,7 +230,8 @@ static void check_multi_info(struct cm_hc *hc)
         if (!req->headers_done)
             curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &req->status);
         enum cm_hc_result result = map_curl_result(req, rc);
-        finish(req, result, rc == CURLE_OK ? NULL : (req->errbuf[0] ? req->errbuf : curl_easy_strerror(rc)));
+        finish(req, result,
+               rc == CURLE_OK ? NULL : (req->errbuf[0] ? req->errbuf : curl_easy_strerror(rc)));
     }
 }
 
@@ -341,6 +356,8 @@ void cm_hc_free(struct cm_hc *hc)
         hc->reqs->cancelled = 1;
         req_unlink_free(hc->reqs);
     }
+    while (hc->npool)
+        curl_easy_cleanup(hc->pool[--hc->npool]);
     curl_multi_cleanup(hc->multi);
     event_free(hc->timer);
     free(hc);
@@ -361,7 +378,7 @@ struct cm_hc_req *cm_hc_start(struct cm_hc *hc, const struct cm_hc_opts *o,
     req->body = evbuffer_new();
     req->stream = o->stream && cbs->on_data;
     req->max_body = o->max_response_bytes ? o->max_response_bytes : DEFAULT_MAX_RESPONSE;
-    req->easy = curl_easy_init();
+    req->easy = hc->npool ? hc->pool[--hc->npool] : curl_easy_init();
     CURL *e = req->easy;
 
     curl_easy_setopt(e, CURLOPT_URL, o->url);

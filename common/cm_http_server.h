@@ -45,9 +45,9 @@ enum cm_method {
 
 /* Route flags. */
 enum {
-    CM_ROUTE_PREFIX = 1 << 0,     /* path is a prefix ("/v1/models/") */
-    CM_ROUTE_AUTH = 1 << 1,       /* needs the API key when one is configured */
-    CM_ROUTE_DRAIN_OK = 1 << 2,   /* still served while draining (health, metrics) */
+    CM_ROUTE_PREFIX = 1 << 0,   /* path is a prefix ("/v1/models/") */
+    CM_ROUTE_AUTH = 1 << 1,     /* needs the API key when one is configured */
+    CM_ROUTE_DRAIN_OK = 1 << 2, /* still served while draining (health, metrics) */
 };
 
 typedef void (*cm_route_cb)(struct cm_req *r, void *arg);

@@ -27,8 +27,11 @@ int cm_log_parse_level(const char *name, enum cm_log_level *out)
     static const struct {
         const char *name;
         enum cm_log_level level;
-    } names[] = {{"debug", CM_LOG_DEBUG}, {"info", CM_LOG_INFO},   {"warn", CM_LOG_WARN},
-                 {"warning", CM_LOG_WARN}, {"error", CM_LOG_ERROR}};
+    } names[] = {{"debug", CM_LOG_DEBUG},
+                 {"info", CM_LOG_INFO},
+                 {"warn", CM_LOG_WARN},
+                 {"warning", CM_LOG_WARN},
+                 {"error", CM_LOG_ERROR}};
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
         if (strcasecmp(name, names[i].name) == 0) {
             *out = names[i].level;
@@ -135,7 +138,8 @@ void cm_log_fields(enum cm_log_level level, const char *req_id, const char *even
     json_decref(fields);
 }
 
-void cm_log_msg(enum cm_log_level level, const char *req_id, const char *event, const char *fmt, ...)
+void cm_log_msg(enum cm_log_level level, const char *req_id, const char *event, const char *fmt,
+                ...)
 {
     char buf[1024];
     va_list ap;

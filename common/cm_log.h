@@ -37,8 +37,8 @@ int cm_log_parse_format(const char *name, enum cm_log_format *out);
 void cm_log_fields(enum cm_log_level level, const char *req_id, const char *event, json_t *fields);
 
 /* Formats msg with printf and writes it as the "msg" field. */
-void cm_log_msg(enum cm_log_level level, const char *req_id, const char *event, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
+void cm_log_msg(enum cm_log_level level, const char *req_id, const char *event, const char *fmt,
+                ...) __attribute__((format(printf, 4, 5)));
 
 /* Route libevent's internal warnings through cm_log (call once). */
 void cm_log_capture_libevent(void);

@@ -57,8 +57,8 @@ static void chat_ok(struct cm_req *r, const json_t *reply, void *arg)
     chat_new_id(id, sizeof id);
     struct chat_usage usage = {0, 0};
     struct proxy_error err;
-    json_t *out = chat_response_translate(reply, c->req.model, id, (long long)time(NULL), &usage,
-                                          &err);
+    json_t *out =
+        chat_response_translate(reply, c->req.model, id, (long long)time(NULL), &usage, &err);
     if (!out) {
         proxy_reply_error(r, &err);
         return;
@@ -280,8 +280,8 @@ static void stream_done(struct cm_hc_req *up, enum cm_hc_result result, long sta
         const char *labels[] = {cm_req_route(s->r), "incomplete_stream"};
         cm_metric_add(s->px->m_upstream_errors, labels, 1);
     } else {
-        proxy_upstream_error(s->px, cm_req_route(s->r), result, status, body, errmsg,
-                             s->req.model, &err);
+        proxy_upstream_error(s->px, cm_req_route(s->r), result, status, body, errmsg, s->req.model,
+                             &err);
     }
     stream_fail(s, &err);
 }

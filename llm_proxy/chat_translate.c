@@ -55,8 +55,8 @@ static int map_effort(const char *effort, json_t **think)
     static const struct {
         const char *in;
         const char *level; /* NULL = false */
-    } map[] = {{"none", NULL},      {"minimal", "low"}, {"low", "low"},  {"medium", "medium"},
-               {"high", "high"},    {"max", "max"},     {"xhigh", "max"}};
+    } map[] = {{"none", NULL},   {"minimal", "low"}, {"low", "low"},  {"medium", "medium"},
+               {"high", "high"}, {"max", "max"},     {"xhigh", "max"}};
     for (size_t i = 0; i < sizeof map / sizeof map[0]; i++) {
         if (strcmp(effort, map[i].in) == 0) {
             *think = map[i].level ? json_string(map[i].level) : json_false();
@@ -436,8 +436,8 @@ int chat_request_translate(const json_t *oai, struct chat_request *out, struct p
     json_t *messages = translate_messages(json_object_get(oai, "messages"), err);
     if (!messages)
         return -1;
-    json_t *native = json_pack("{s:s, s:o, s:b}", "model", model, "messages", messages, "stream",
-                               is_stream);
+    json_t *native =
+        json_pack("{s:s, s:o, s:b}", "model", model, "messages", messages, "stream", is_stream);
     json_t *options = json_object();
     json_t *user_opts = json_object_get(oai, "options");
     if (user_opts && !json_is_null(user_opts)) {
@@ -456,8 +456,8 @@ int chat_request_translate(const json_t *oai, struct chat_request *out, struct p
     }
     if (mt && !json_is_null(mt)) {
         if (!json_is_integer(mt) || json_integer_value(mt) < 1) {
-            proxy_error_set(err, 400, mt_name, "invalid_value",
-                            "'%s' must be a positive integer.", mt_name);
+            proxy_error_set(err, 400, mt_name, "invalid_value", "'%s' must be a positive integer.",
+                            mt_name);
             goto fail;
         }
         json_object_set(options, "num_predict", mt);
@@ -564,9 +564,9 @@ static json_t *translate_tool_call(const json_t *ncall, int index)
         new_call_id(idbuf, sizeof idbuf);
         id = idbuf;
     }
-    json_t *out = json_pack("{s:i, s:s, s:s, s:{s:s, s:s}}", "index", index, "id", id, "type",
-                            "function", "function", "name", name ? name : "", "arguments",
-                            args_s ? args_s : "{}");
+    json_t *out =
+        json_pack("{s:i, s:s, s:s, s:{s:s, s:s}}", "index", index, "id", id, "type", "function",
+                  "function", "name", name ? name : "", "arguments", args_s ? args_s : "{}");
     free(args_s);
     return out;
 }
@@ -610,8 +610,8 @@ json_t *chat_response_translate(const json_t *native, const char *model, const c
     cm_think_finish(&sp, &b);
     char *text = cm_xasprintf("%s%s", a.content, b.content);
     const char *native_thinking = cm_json_str(msg, "thinking");
-    char *reasoning = cm_xasprintf("%s%s%s", native_thinking ? native_thinking : "", a.thinking,
-                                   b.thinking);
+    char *reasoning =
+        cm_xasprintf("%s%s%s", native_thinking ? native_thinking : "", a.thinking, b.thinking);
     cm_think_out_deinit(&a);
     cm_think_out_deinit(&b);
 
@@ -621,11 +621,11 @@ json_t *chat_response_translate(const json_t *native, const char *model, const c
         out_calls = json_array();
         size_t i;
         json_t *c;
-        json_array_foreach(calls, i, c) json_array_append_new(out_calls, translate_tool_call(c, (int)i));
+        json_array_foreach(calls, i, c)
+            json_array_append_new(out_calls, translate_tool_call(c, (int)i));
     }
     json_t *omsg = json_pack("{s:s}", "role", "assistant");
-    json_object_set_new(omsg, "content",
-                        out_calls && !*text ? json_null() : json_string(text));
+    json_object_set_new(omsg, "content", out_calls && !*text ? json_null() : json_string(text));
     json_object_set_new(omsg, "refusal", json_null());
     if (*reasoning)
         json_object_set_new(omsg, "reasoning_content", json_string(reasoning));
@@ -637,15 +637,15 @@ json_t *chat_response_translate(const json_t *native, const char *model, const c
     read_usage(native, usage);
     json_t *choice = json_pack("{s:i, s:o, s:n, s:s}", "index", 0, "message", omsg, "logprobs",
                                "finish_reason", finish_reason(native, out_calls != NULL));
-    return json_pack("{s:s, s:s, s:I, s:s, s:[o], s:o, s:n}", "id", id, "object",
-                     "chat.completion", "created", (json_int_t)created, "model", model, "choices",
-                     choice, "usage", usage_json(usage), "system_fingerprint");
+    return json_pack("{s:s, s:s, s:I, s:s, s:[o], s:o, s:n}", "id", id, "object", "chat.completion",
+                     "created", (json_int_t)created, "model", model, "choices", choice, "usage",
+                     usage_json(usage), "system_fingerprint");
 }
 
 /* ------------------------------------------------------------ stream */
 
-void chat_stream_init(struct chat_stream *st, const char *model, const char *id,
-                      long long created, int include_usage)
+void chat_stream_init(struct chat_stream *st, const char *model, const char *id, long long created,
+                      int include_usage)
 {
     memset(st, 0, sizeof *st);
     snprintf(st->id, sizeof st->id, "%s", id);
@@ -700,8 +700,8 @@ int chat_stream_line(struct chat_stream *st, const json_t *line, json_t *chunks,
     json_t *uerr = json_object_get(line, "error");
     if (uerr) {
         const char *m = json_string_value(uerr);
-        proxy_error_set(err, 502, NULL, "upstream_error", "The upstream model server failed: %.400s",
-                        m ? m : "unknown error");
+        proxy_error_set(err, 502, NULL, "upstream_error",
+                        "The upstream model server failed: %.400s", m ? m : "unknown error");
         return CHAT_STREAM_ERROR;
     }
     json_t *msg = json_object_get(line, "message");
@@ -733,8 +733,8 @@ int chat_stream_line(struct chat_stream *st, const json_t *line, json_t *chunks,
         json_t *out_calls = json_array();
         size_t i;
         json_t *c;
-        json_array_foreach(calls, i, c) json_array_append_new(out_calls,
-                                                              translate_tool_call(c, st->tool_calls++));
+        json_array_foreach(calls, i, c)
+            json_array_append_new(out_calls, translate_tool_call(c, st->tool_calls++));
         json_object_set_new(delta, "tool_calls", out_calls);
     }
     if (!done) {
@@ -748,13 +748,14 @@ int chat_stream_line(struct chat_stream *st, const json_t *line, json_t *chunks,
         json_array_append_new(chunks, chunk_new(st, delta, NULL));
     else
         json_decref(delta);
-    json_array_append_new(chunks, chunk_new(st, json_object(), finish_reason(line, st->tool_calls > 0)));
+    json_array_append_new(chunks,
+                          chunk_new(st, json_object(), finish_reason(line, st->tool_calls > 0)));
     read_usage(line, &st->usage);
     if (st->include_usage) {
-        json_t *u = json_pack("{s:s, s:s, s:I, s:s, s:n, s:[], s:o}", "id", st->id, "object",
-                              "chat.completion.chunk", "created", (json_int_t)st->created, "model",
-                              st->model, "system_fingerprint", "choices", "usage",
-                              usage_json(&st->usage));
+        json_t *u =
+            json_pack("{s:s, s:s, s:I, s:s, s:n, s:[], s:o}", "id", st->id, "object",
+                      "chat.completion.chunk", "created", (json_int_t)st->created, "model",
+                      st->model, "system_fingerprint", "choices", "usage", usage_json(&st->usage));
         json_array_append_new(chunks, u);
     }
     st->done = 1;

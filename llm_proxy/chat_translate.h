@@ -56,8 +56,8 @@ struct chat_stream {
     struct chat_usage usage;
 };
 
-void chat_stream_init(struct chat_stream *st, const char *model, const char *id,
-                      long long created, int include_usage);
+void chat_stream_init(struct chat_stream *st, const char *model, const char *id, long long created,
+                      int include_usage);
 void chat_stream_deinit(struct chat_stream *st);
 
 enum { CHAT_STREAM_MORE = 0, CHAT_STREAM_DONE = 1, CHAT_STREAM_ERROR = -1 };

@@ -43,8 +43,8 @@ static int check_input(const json_t *input, size_t *n, struct proxy_error *err)
             return -1;
         }
         if (!json_is_string(v) || json_string_length(v) == 0) {
-            proxy_error_set(err, 400, param, "invalid_value",
-                            "'%s' must be a non-empty string.", param);
+            proxy_error_set(err, 400, param, "invalid_value", "'%s' must be a non-empty string.",
+                            param);
             return -1;
         }
     }

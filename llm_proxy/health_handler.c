@@ -38,8 +38,9 @@ static void ready_done(struct cm_hc_req *up, enum cm_hc_result result, long stat
         json_t *j = cm_json_parse((const char *)evbuffer_pullup(body, -1),
                                   evbuffer_get_length(body), NULL, 0);
         const char *v = cm_json_str(j, "version");
-        cm_req_reply_json(r, 200, json_pack("{s:s, s:s}", "status", "ready", "ollama_version",
-                                            v ? v : "unknown"));
+        cm_req_reply_json(
+            r, 200,
+            json_pack("{s:s, s:s}", "status", "ready", "ollama_version", v ? v : "unknown"));
         json_decref(j);
         return;
     }
@@ -56,8 +57,8 @@ void health_handle_ready(struct cm_req *r, void *arg)
 {
     struct proxy *px = arg;
     if (cm_http_server_draining(px->srv)) {
-        cm_req_reply_json(r, 503,
-                          json_pack("{s:s, s:s}", "status", "not_ready", "reason", "shutting down"));
+        cm_req_reply_json(
+            r, 503, json_pack("{s:s, s:s}", "status", "not_ready", "reason", "shutting down"));
         return;
     }
     struct ready_call *rc = cm_xcalloc(1, sizeof *rc);

@@ -104,22 +104,22 @@ static void signal_cb(evutil_socket_t sig, short what, void *arg)
 static void setup_metrics(struct proxy *px)
 {
     px->metrics = cm_metrics_new();
-    px->m_requests = cm_metrics_counter(px->metrics, "llm_proxy_http_requests_total",
-                                        "HTTP requests by route, method and status.",
-                                        "route,method,status");
-    px->m_duration = cm_metrics_histogram(
-        px->metrics, "llm_proxy_http_request_duration_seconds",
-        "Time from request to the end of the reply.", "route", duration_buckets,
-        sizeof duration_buckets / sizeof duration_buckets[0]);
-    px->m_ttft = cm_metrics_histogram(
-        px->metrics, "llm_proxy_time_to_first_token_seconds",
-        "Streams: time from request to the first upstream message.", "route", duration_buckets,
-        sizeof duration_buckets / sizeof duration_buckets[0]);
+    px->m_requests =
+        cm_metrics_counter(px->metrics, "llm_proxy_http_requests_total",
+                           "HTTP requests by route, method and status.", "route,method,status");
+    px->m_duration = cm_metrics_histogram(px->metrics, "llm_proxy_http_request_duration_seconds",
+                                          "Time from request to the end of the reply.", "route",
+                                          duration_buckets,
+                                          sizeof duration_buckets / sizeof duration_buckets[0]);
+    px->m_ttft = cm_metrics_histogram(px->metrics, "llm_proxy_time_to_first_token_seconds",
+                                      "Streams: time from request to the first upstream message.",
+                                      "route", duration_buckets,
+                                      sizeof duration_buckets / sizeof duration_buckets[0]);
     px->m_inflight = cm_metrics_gauge(px->metrics, "llm_proxy_http_requests_in_flight",
                                       "Requests being processed.", NULL);
-    px->m_upstream_errors = cm_metrics_counter(px->metrics, "llm_proxy_upstream_errors_total",
-                                               "Failed upstream exchanges by route and kind.",
-                                               "route,kind");
+    px->m_upstream_errors =
+        cm_metrics_counter(px->metrics, "llm_proxy_upstream_errors_total",
+                           "Failed upstream exchanges by route and kind.", "route,kind");
     px->m_tokens = cm_metrics_counter(px->metrics, "llm_proxy_tokens_total",
                                       "Tokens reported by the upstream, by type.", "type");
 }
@@ -134,11 +134,10 @@ static void setup_routes(struct proxy *px)
     cm_http_server_route(s, CM_GET, "/v1/models", CM_ROUTE_AUTH, "models", models_handle_list, px);
     cm_http_server_route(s, CM_GET, "/v1/models/", CM_ROUTE_AUTH | CM_ROUTE_PREFIX, "model",
                          models_handle_get, px);
-    cm_http_server_route(s, CM_GET, "/health", CM_ROUTE_DRAIN_OK, "health", health_handle_live,
-                         px);
+    cm_http_server_route(s, CM_GET, "/health", CM_ROUTE_DRAIN_OK, "health", health_handle_live, px);
     cm_http_server_route(s, CM_GET, "/ready", CM_ROUTE_DRAIN_OK, "ready", health_handle_ready, px);
-    cm_http_server_route(s, CM_GET, "/metrics", CM_ROUTE_DRAIN_OK, "metrics",
-                         health_handle_metrics, px);
+    cm_http_server_route(s, CM_GET, "/metrics", CM_ROUTE_DRAIN_OK, "metrics", health_handle_metrics,
+                         px);
 }
 
 static int write_port_file(const char *path, int port)
@@ -157,9 +156,8 @@ static int write_port_file(const char *path, int port)
 /* --healthcheck: for container HEALTHCHECKs without curl. */
 static int healthcheck(const struct proxy_config *cfg)
 {
-    const char *host = strcmp(cfg->host, "0.0.0.0") == 0 || strcmp(cfg->host, "::") == 0
-                           ? "127.0.0.1"
-                           : cfg->host;
+    const char *host =
+        strcmp(cfg->host, "0.0.0.0") == 0 || strcmp(cfg->host, "::") == 0 ? "127.0.0.1" : cfg->host;
     char url[512];
     snprintf(url, sizeof url, "http://%s:%lld/health", host, cfg->port);
     CURL *c = curl_easy_init();
@@ -232,7 +230,12 @@ int main(int argc, char **argv)
     cm_log_capture_libevent();
     signal(SIGPIPE, SIG_IGN);
 
-    px->base = event_base_new();
+    /* The changelist merges the many add/del of one loop pass into one
+     * epoll_ctl per fd (we never dup() fds handed to the loop). */
+    struct event_config *ecfg = event_config_new();
+    event_config_set_flag(ecfg, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST);
+    px->base = event_base_new_with_config(ecfg);
+    event_config_free(ecfg);
     px->hc = cm_hc_new(px->base);
     setup_metrics(px);
     struct cm_http_server_opts so = {.host = px->cfg.host,

@@ -32,7 +32,8 @@ static void fetch_tags(struct cm_req *r, struct proxy *px, upstream_ok_cb cb)
 {
     struct upstream_call_opts o = {.method = "GET",
                                    .path = "/api/tags",
-                                   .timeout_s = px->cfg.connect_timeout + px->cfg.embeddings_timeout};
+                                   .timeout_s =
+                                       px->cfg.connect_timeout + px->cfg.embeddings_timeout};
     upstream_call_json(px, r, &o, cb, NULL, NULL);
 }
 

@@ -44,8 +44,8 @@ void proxy_reply_error(struct cm_req *r, const struct proxy_error *e);
  * model for 404s. Also counts the failure in the upstream_errors metric.
  */
 void proxy_upstream_error(struct proxy *px, const char *route, enum cm_hc_result result,
-                          long status, struct evbuffer *body, const char *errmsg,
-                          const char *model, struct proxy_error *out);
+                          long status, struct evbuffer *body, const char *errmsg, const char *model,
+                          struct proxy_error *out);
 
 /* Builds "<OLLAMA_URL_INTERNAL><path>"; caller frees. */
 char *proxy_upstream_url(const struct proxy *px, const char *path);

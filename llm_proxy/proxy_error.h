@@ -6,10 +6,10 @@
 #define PROXY_ERROR_H
 
 struct proxy_error {
-    int status;         /* HTTP status to answer with */
-    char message[512];  /* human text */
-    char param[128];    /* field path, "" = null */
-    const char *code;   /* static string or NULL */
+    int status;        /* HTTP status to answer with */
+    char message[512]; /* human text */
+    char param[128];   /* field path, "" = null */
+    const char *code;  /* static string or NULL */
 };
 
 void proxy_error_set(struct proxy_error *e, int status, const char *param, const char *code,

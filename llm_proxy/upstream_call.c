@@ -47,8 +47,8 @@ static void call_done(struct cm_hc_req *up, enum cm_hc_result result, long statu
         call_free(c);
         return;
     }
-    json_t *reply = cm_json_parse((const char *)evbuffer_pullup(body, -1),
-                                  evbuffer_get_length(body), NULL, 0);
+    json_t *reply =
+        cm_json_parse((const char *)evbuffer_pullup(body, -1), evbuffer_get_length(body), NULL, 0);
     if (!json_is_object(reply)) {
         proxy_error_set(&err, 502, NULL, "upstream_invalid_response",
                         "The upstream model server returned invalid JSON.");

@@ -17,11 +17,11 @@
 typedef void (*upstream_ok_cb)(struct cm_req *r, const json_t *reply, void *ctx);
 
 struct upstream_call_opts {
-    const char *method;  /* "GET" or "POST" */
-    const char *path;    /* "/api/embed" */
-    const json_t *body;  /* borrowed; NULL for GET */
-    double timeout_s;    /* whole exchange */
-    const char *model;   /* for 404 messages; borrowed during the call only */
+    const char *method; /* "GET" or "POST" */
+    const char *path;   /* "/api/embed" */
+    const json_t *body; /* borrowed; NULL for GET */
+    double timeout_s;   /* whole exchange */
+    const char *model;  /* for 404 messages; borrowed during the call only */
 };
 
 void upstream_call_json(struct proxy *px, struct cm_req *r, const struct upstream_call_opts *o,

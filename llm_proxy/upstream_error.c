@@ -26,8 +26,8 @@ static void count(struct proxy *px, const char *route, const char *kind)
 }
 
 void proxy_upstream_error(struct proxy *px, const char *route, enum cm_hc_result result,
-                          long status, struct evbuffer *body, const char *errmsg,
-                          const char *model, struct proxy_error *out)
+                          long status, struct evbuffer *body, const char *errmsg, const char *model,
+                          struct proxy_error *out)
 {
     switch (result) {
     case CM_HC_ERR_CONNECT:

@@ -521,11 +521,12 @@ static void handle_chat(struct cm_req *r, void *arg)
     int want_tool = json_array_size(tools) > 0 &&
                     strcmp(cm_json_str(last, "role") ? cm_json_str(last, "role") : "", "user") == 0;
     if (want_tool) {
-        const char *fname = cm_json_str(json_object_get(json_array_get(tools, 0), "function"), "name");
+        const char *fname =
+            cm_json_str(json_object_get(json_array_get(tools, 0), "function"), "name");
         json_t *line = line_new(model, "", NULL);
-        json_t *call = json_pack("{s:s, s:{s:i, s:s, s:{s:s}}}", "id", "call_4kq0z8ab", "function",
-                                 "index", 0, "name", fname ? fname : "tool", "arguments", "tz",
-                                 "UTC");
+        json_t *call =
+            json_pack("{s:s, s:{s:i, s:s, s:{s:s}}}", "id", "call_4kq0z8ab", "function", "index", 0,
+                      "name", fname ? fname : "tool", "arguments", "tz", "UTC");
         json_object_set_new(json_object_get(line, "message"), "tool_calls", json_pack("[o]", call));
         json_array_append_new(lines, line);
     } else {
@@ -654,7 +655,8 @@ static void handle_embed(struct cm_req *r, void *arg)
     json_t *input = json_object_get(req, "input");
     if (!mi) {
         char msg[300];
-        snprintf(msg, sizeof msg, "model \"%s\" not found, try pulling it first", model ? model : "");
+        snprintf(msg, sizeof msg, "model \"%s\" not found, try pulling it first",
+                 model ? model : "");
         reply_error(r, 404, msg);
         goto out;
     }
@@ -775,9 +777,11 @@ static void handle_last(struct cm_req *r, void *arg)
         struct recorded *rec = &D.last[i];
         if (rec->path && path && strcmp(rec->path, path) == 0) {
             json_t *body = cm_json_parse(rec->body, strlen(rec->body), NULL, 0);
-            json_t *o = json_pack("{s:s, s:o}", "path", rec->path, "body", body ? body : json_null());
+            json_t *o =
+                json_pack("{s:s, s:o}", "path", rec->path, "body", body ? body : json_null());
             json_object_set_new(o, "host", rec->host ? json_string(rec->host) : json_null());
-            json_object_set_new(o, "authorization", rec->auth ? json_string(rec->auth) : json_null());
+            json_object_set_new(o, "authorization",
+                                rec->auth ? json_string(rec->auth) : json_null());
             json_object_set_new(o, "request_id", rec->rid ? json_string(rec->rid) : json_null());
             cm_req_reply_json(r, 200, o);
             return;
@@ -789,9 +793,10 @@ static void handle_last(struct cm_req *r, void *arg)
 static void handle_stats(struct cm_req *r, void *arg)
 {
     (void)arg;
-    cm_req_reply_json(r, 200, json_pack("{s:O, s:I, s:I}", "requests", D.counts, "disconnects",
-                                        (json_int_t)D.disconnects, "active_streams",
-                                        (json_int_t)D.active_streams));
+    cm_req_reply_json(r, 200,
+                      json_pack("{s:O, s:I, s:I}", "requests", D.counts, "disconnects",
+                                (json_int_t)D.disconnects, "active_streams",
+                                (json_int_t)D.active_streams));
 }
 
 static void handle_wait(struct cm_req *r, void *arg)

@@ -120,13 +120,17 @@ describe('keepalive and failures', () => {
     assert.equal(await sse.next(), null, 'stream must end after the error event');
   });
 
-  test('a stream whose upstream is slow to answer is committed and kept alive', async () => {
-    const ac = new AbortController();
-    const res = await openStream(slow, chatBody('@hang'), ac.signal);
+  test('a stream whose upstream is slow to answer is committed, kept alive, then timed out', async () => {
+    const res = await openStream(slow, chatBody('@hang first-byte'));
     assert.equal(res.status, 200);
     const sse = sseReader(res);
     assert.equal(await sse.next(), ': keepalive');
-    ac.abort();
+    let ev;
+    while ((ev = await sse.next()) === ': keepalive');
+    const err = dataOf(ev);
+    assert.equal(err.error.code, 'upstream_timeout');
+    assert.match(err.error.message, /first-byte/);
+    assert.equal(await sse.next(), null);
   });
 
   test('upstream error line mid-stream → one error event, no [DONE]', async () => {

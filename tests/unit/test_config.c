@@ -80,10 +80,17 @@ static void proxy_defaults(void)
 
 static void proxy_overrides_and_trailing_slash(void)
 {
-    const char *const pairs[] = {"LLM_PROXY_PORT",      "9001", "OLLAMA_URL_INTERNAL",
-                                 "http://h:1/",         "CHAT_TIMEOUT", "1.5",
-                                 "LLM_PROXY_API_KEY",   "sk-x", "MAX_BODY_BYTES",
-                                 "2MiB",                NULL};
+    const char *const pairs[] = {"LLM_PROXY_PORT",
+                                 "9001",
+                                 "OLLAMA_URL_INTERNAL",
+                                 "http://h:1/",
+                                 "CHAT_TIMEOUT",
+                                 "1.5",
+                                 "LLM_PROXY_API_KEY",
+                                 "sk-x",
+                                 "MAX_BODY_BYTES",
+                                 "2MiB",
+                                 NULL};
     struct fake_env env = {pairs};
     struct proxy_config cfg = {0};
     char err[256] = "";

@@ -97,12 +97,13 @@ static void request_basic_mapping(void)
 static void request_ollama_controls(void)
 {
     struct chat_request req;
-    json_t *n = translate_ok(
-        "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],"
-        "\"max_completion_tokens\":7,\"max_tokens\":99,\"keep_alive\":\"20m\","
-        "\"options\":{\"num_ctx\":8192,\"temperature\":0.9},\"temperature\":0.2,"
-        "\"reasoning_effort\":\"none\",\"stream\":true,\"stream_options\":{\"include_usage\":true}}",
-        &req);
+    json_t *n =
+        translate_ok("{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],"
+                     "\"max_completion_tokens\":7,\"max_tokens\":99,\"keep_alive\":\"20m\","
+                     "\"options\":{\"num_ctx\":8192,\"temperature\":0.9},\"temperature\":0.2,"
+                     "\"reasoning_effort\":\"none\",\"stream\":true,\"stream_options\":{\"include_"
+                     "usage\":true}}",
+                     &req);
     if (!n)
         return;
     CHECK(I(n, "options.num_predict") == 7);
@@ -131,15 +132,17 @@ static void request_ollama_controls(void)
 static void request_response_format(void)
 {
     struct chat_request req;
-    json_t *n = translate_ok("{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],"
-                             "\"response_format\":{\"type\":\"json_object\"}}",
-                             &req);
+    json_t *n =
+        translate_ok("{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],"
+                     "\"response_format\":{\"type\":\"json_object\"}}",
+                     &req);
     CHECK_STR(S(n, "format"), "json");
     chat_request_deinit(&req);
-    n = translate_ok("{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],"
-                     "\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{\"name\":\"a\","
-                     "\"schema\":{\"type\":\"object\"}}}}",
-                     &req);
+    n = translate_ok(
+        "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],"
+        "\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{\"name\":\"a\","
+        "\"schema\":{\"type\":\"object\"}}}}",
+        &req);
     CHECK_STR(S(n, "format.type"), "object");
     chat_request_deinit(&req);
 }
@@ -204,10 +207,11 @@ static void request_errors(void)
 
 static void response_non_stream(void)
 {
-    json_t *native = J("{\"model\":\"qwen3:8b\",\"created_at\":\"2026-03-02T10:15:04.50871Z\","
-                       "\"message\":{\"role\":\"assistant\",\"content\":\"Pacific.\",\"thinking\":"
-                       "\"Compare.\"},\"done\":true,\"done_reason\":\"stop\",\"prompt_eval_count\":27,"
-                       "\"eval_count\":4}");
+    json_t *native =
+        J("{\"model\":\"qwen3:8b\",\"created_at\":\"2026-03-02T10:15:04.50871Z\","
+          "\"message\":{\"role\":\"assistant\",\"content\":\"Pacific.\",\"thinking\":"
+          "\"Compare.\"},\"done\":true,\"done_reason\":\"stop\",\"prompt_eval_count\":27,"
+          "\"eval_count\":4}");
     struct chat_usage u;
     struct proxy_error err;
     json_t *out = chat_response_translate(native, "qwen3:8b", "chatcmpl-x", 123, &u, &err);
@@ -282,7 +286,8 @@ static void stream_lines(void)
     CHECK(json_is_null(at(c, "0.usage")));
     json_decref(c);
 
-    c = feed(&st, "{\"message\":{\"role\":\"assistant\",\"content\":\"Paci\"},\"done\":false}", &rc);
+    c = feed(&st, "{\"message\":{\"role\":\"assistant\",\"content\":\"Paci\"},\"done\":false}",
+             &rc);
     CHECK(json_array_size(c) == 1);
     CHECK(at(c, "0.choices.0.delta.role") == NULL);
     CHECK_STR(S(c, "0.choices.0.delta.content"), "Paci");
@@ -311,7 +316,8 @@ static void stream_inline_think_and_tools(void)
     json_t *c = feed(&st, "{\"message\":{\"content\":\"<think>\"},\"done\":false}", &rc);
     CHECK(json_array_size(c) == 1);
     CHECK(at(c, "0.usage") == NULL);
-    CHECK(at(c, "0.choices.0.delta.content") == NULL || strcmp(S(c, "0.choices.0.delta.content"), "") == 0);
+    CHECK(at(c, "0.choices.0.delta.content") == NULL ||
+          strcmp(S(c, "0.choices.0.delta.content"), "") == 0);
     json_decref(c);
     c = feed(&st, "{\"message\":{\"content\":\"plan</think>\\n\\nOK\"},\"done\":false}", &rc);
     CHECK_STR(S(c, "0.choices.0.delta.reasoning_content"), "plan");
@@ -376,8 +382,11 @@ static void embeddings(void)
     json_decref(native);
     embed_request_deinit(&req);
 
-    const char *bad[] = {"{\"input\":\"x\"}", "{\"model\":\"m\"}", "{\"model\":\"m\",\"input\":[]}",
-                         "{\"model\":\"m\",\"input\":[1,2,3]}", "{\"model\":\"m\",\"input\":\"\"}",
+    const char *bad[] = {"{\"input\":\"x\"}",
+                         "{\"model\":\"m\"}",
+                         "{\"model\":\"m\",\"input\":[]}",
+                         "{\"model\":\"m\",\"input\":[1,2,3]}",
+                         "{\"model\":\"m\",\"input\":\"\"}",
                          "{\"model\":\"m\",\"input\":\"x\",\"encoding_format\":\"hex\"}",
                          "{\"model\":\"m\",\"input\":\"x\",\"dimensions\":0}"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {

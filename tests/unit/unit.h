@@ -62,6 +62,9 @@ static inline int unit_run(const struct unit_test *tests, size_t n)
         return unit_run(tests, sizeof tests / sizeof tests[0]);                                    \
     }
 
-#define T(fn) {#fn, fn}
+#define T(fn)                                                                                      \
+    {                                                                                              \
+#fn, fn                                                                                    \
+    }
 
 #endif
