@@ -15,6 +15,8 @@
  *   @slow=MS         stream: wait MS between lines
  *   @words=N         answer with N words
  *   @inline-think    reasoning inline in content (<think>...</think>)
+ *   @orphan-think    content starts with reasoning and a lone </think>
+ *   @slow=MS         (non-stream) answer after MS
  * Models: qwen3:32b, qwen3:8b (thinking), llama3.2:latest (no thinking),
  * qwen3-legacy:latest (inline thinking, like Ollama < 0.9), bge-m3:latest
  * (embedding only). --chat-delay-ms adds latency to every chat answer.
@@ -510,6 +512,10 @@ static void handle_chat(struct cm_req *r, void *arg)
         json_array_append_new(lines, line_new(model, "", "The user"));
         json_array_append_new(lines, line_new(model, "", " wants an answer."));
     }
+    if (strstr(text, "@orphan-think")) {
+        json_array_append_new(lines, line_new(model, "Residue of reasoning.", NULL));
+        json_array_append_new(lines, line_new(model, "</think>\n\n", NULL));
+    }
     if (inline_th) {
         json_array_append_new(lines, line_new(model, "<think>", NULL));
         json_array_append_new(lines, line_new(model, "Inline reasoning.", NULL));
@@ -578,8 +584,9 @@ static void handle_chat(struct cm_req *r, void *arg)
         finalize(reply, reason, prompt_tokens, eval_tokens);
         free(content), free(thinking);
         json_decref(lines);
-        if (D.chat_delay_ms > 0) {
-            delayed_reply(r, reply, D.chat_delay_ms);
+        long delay = directive_num(text, "@slow=", D.chat_delay_ms);
+        if (delay > 0) {
+            delayed_reply(r, reply, delay);
             goto out;
         }
         reply_json(r, 200, reply);

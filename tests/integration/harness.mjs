@@ -157,3 +157,41 @@ export function assertOpenAIError(res, status, { type, code, param } = {}) {
   if (param !== undefined) assert.equal(e.param, param);
   return e;
 }
+
+export async function startWorker(env = {}) {
+  const proc = spawn(path.join(BIN_DIR, 'memory_worker'), [], {
+    stdio: ['ignore', 'ignore', 'pipe'],
+    env: {
+      PATH: process.env.PATH,
+      MEMORY_WORKER_HOST: '127.0.0.1',
+      MEMORY_WORKER_PORT: '0',
+      LOG_LEVEL: 'info',
+      ...env,
+    },
+  });
+  const logs = collect(proc);
+  const m = await waitForLine(proc, /event"?[=:]"?listening.*?port=(\d+)/, 'memory_worker', 30000);
+  const url = `http://127.0.0.1:${Number(m[1])}`;
+  return {
+    proc, logs, url,
+    stop: (signal) => stopProc(proc, logs, signal),
+    exited: () => once(proc, 'exit').then(([code, signal]) => code ?? signal),
+    // Runs one full pass now and returns its counts.
+    pass: async () => {
+      const res = await fetch(`${url}/v1/process`, { method: 'POST' });
+      return { status: res.status, ...(await res.json()) };
+    },
+  };
+}
+
+export async function freePort() {
+  const net = await import('node:net');
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address();
+      s.close(() => resolve(port));
+    });
+  });
+}

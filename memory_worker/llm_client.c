@@ -1,0 +1,286 @@
+/* llm_client: summaries and embeddings through llm_proxy (see llm_client.h). */
+#include "llm_client.h"
+
+#include "cm_alloc.h"
+#include "cm_json.h"
+#include "cm_think.h"
+
+#include <curl/curl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_RESPONSE (64 * 1024 * 1024)
+
+const char LLM_DEFAULT_SUMMARY_PROMPT[] =
+    "You maintain the long-term memory of a chat assistant. Summarise the conversation below "
+    "in a few sentences: facts about the user, their preferences, decisions, plans and open "
+    "questions. Write in the language of the conversation. Reply with the summary only.";
+
+struct llm_client {
+    const struct worker_config *cfg;
+    CURL *easy;
+    char errbuf[CURL_ERROR_SIZE];
+};
+
+struct body {
+    char *data;
+    size_t len;
+    int too_large;
+};
+
+const char *llm_result_name(enum llm_result r)
+{
+    switch (r) {
+    case LLM_OK:
+        return "ok";
+    case LLM_OUTAGE:
+        return "outage";
+    case LLM_TRANSIENT:
+        return "transient";
+    case LLM_CONFIG:
+        return "config";
+    }
+    return "unknown";
+}
+
+struct llm_client *llm_client_new(const struct worker_config *cfg)
+{
+    struct llm_client *lc = cm_xcalloc(1, sizeof *lc);
+    lc->cfg = cfg;
+    lc->easy = curl_easy_init();
+    return lc;
+}
+
+void llm_client_free(struct llm_client *lc)
+{
+    if (!lc)
+        return;
+    curl_easy_cleanup(lc->easy);
+    free(lc);
+}
+
+long long llm_num_ctx(size_t chars, long long min, long long max)
+{
+    long long need = (long long)(chars / 3) + 1024; /* ~3 chars per token, plus the answer */
+    long long n = 1;
+    while (n < need && n < (1LL << 40))
+        n <<= 1;
+    if (n < min)
+        n = min;
+    if (n > max)
+        n = max;
+    return n;
+}
+
+static size_t write_cb(char *data, size_t size, size_t n, void *arg)
+{
+    struct body *b = arg;
+    size_t len = size * n;
+    if (b->len + len > MAX_RESPONSE) {
+        b->too_large = 1;
+        return 0;
+    }
+    b->data = cm_xrealloc(b->data, b->len + len + 1);
+    memcpy(b->data + b->len, data, len);
+    b->len += len;
+    b->data[b->len] = '\0';
+    return len;
+}
+
+/* POSTs body to path; on success *reply is the parsed JSON object. */
+static enum llm_result post(struct llm_client *lc, const char *path, const char *request_id,
+                            json_t *req, json_t **reply, double *seconds, char *err, size_t errlen)
+{
+    *reply = NULL;
+    char *payload = cm_json_dumps(req);
+    char *url = cm_xasprintf("%s%s", lc->cfg->llm_proxy_url, path);
+    struct curl_slist *h = NULL;
+    h = curl_slist_append(h, "Content-Type: application/json");
+    h = curl_slist_append(h, "Expect:");
+    char rid[160];
+    snprintf(rid, sizeof rid, "X-Request-Id: %s", request_id);
+    h = curl_slist_append(h, rid);
+    if (lc->cfg->llm_proxy_api_key && *lc->cfg->llm_proxy_api_key) {
+        char *auth = cm_xasprintf("Authorization: Bearer %s", lc->cfg->llm_proxy_api_key);
+        h = curl_slist_append(h, auth);
+        free(auth);
+    }
+    struct body b = {0};
+    CURL *e = lc->easy;
+    curl_easy_reset(e);
+    curl_easy_setopt(e, CURLOPT_URL, url);
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, h);
+    curl_easy_setopt(e, CURLOPT_POSTFIELDS, payload);
+    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)strlen(payload));
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, write_cb);
+    curl_easy_setopt(e, CURLOPT_WRITEDATA, &b);
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)(lc->cfg->api_timeout * 1000));
+    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, 5000L);
+    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, lc->errbuf);
+    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+    lc->errbuf[0] = '\0';
+    CURLcode rc = curl_easy_perform(e);
+    long status = 0;
+    curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &status);
+    double total = 0;
+    curl_easy_getinfo(e, CURLINFO_TOTAL_TIME, &total);
+    *seconds = total;
+    curl_slist_free_all(h);
+    free(url);
+    free(payload);
+
+    enum llm_result res = LLM_OK;
+    json_t *j = NULL;
+    if (rc != CURLE_OK) {
+        snprintf(err, errlen, "%s: %s", path, lc->errbuf[0] ? lc->errbuf : curl_easy_strerror(rc));
+        res = (rc == CURLE_COULDNT_CONNECT || rc == CURLE_COULDNT_RESOLVE_HOST ||
+               rc == CURLE_GOT_NOTHING || rc == CURLE_RECV_ERROR || rc == CURLE_SEND_ERROR)
+                  ? LLM_OUTAGE
+                  : LLM_TRANSIENT;
+        goto out;
+    }
+    j = b.len ? cm_json_parse(b.data, b.len, NULL, 0) : NULL;
+    if (status != 200) {
+        json_t *e_obj = json_object_get(j, "error");
+        const char *msg = cm_json_str(e_obj, "message");
+        const char *code = cm_json_str(e_obj, "code");
+        snprintf(err, errlen, "%s: HTTP %ld: %s", path, status, msg ? msg : "(no message)");
+        if (status == 401 || status == 403 || status == 404)
+            res = LLM_CONFIG;
+        else if (status == 503 ||
+                 (status == 502 && code && strcmp(code, "upstream_unreachable") == 0))
+            res = LLM_OUTAGE;
+        else
+            res = LLM_TRANSIENT;
+        goto out;
+    }
+    if (!json_is_object(j)) {
+        snprintf(err, errlen, "%s: the answer is not a JSON object", path);
+        res = LLM_TRANSIENT;
+        goto out;
+    }
+    *reply = j;
+    j = NULL;
+out:
+    json_decref(j);
+    free(b.data);
+    return res;
+}
+
+/* Transcript of the chunk: one "role (name): content" paragraph per message. */
+static char *transcript(const char *messages_json, size_t *chars)
+{
+    json_t *arr = cm_json_parse(messages_json, strlen(messages_json), NULL, 0);
+    char *out = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&out, &len);
+    size_t i;
+    json_t *m;
+    json_array_foreach(arr, i, m)
+    {
+        const char *role = cm_json_str(m, "role");
+        const char *name = cm_json_str(m, "name");
+        const char *content = cm_json_str(m, "content");
+        fprintf(f, "%s%s%s%s: %s\n\n", role ? role : "user", name ? " (" : "", name ? name : "",
+                name ? ")" : "", content ? content : "");
+    }
+    fclose(f);
+    json_decref(arr);
+    *chars = len;
+    return out;
+}
+
+enum llm_result llm_summarize(struct llm_client *lc, const char *request_id,
+                              const char *messages_json, char **summary, double *seconds, char *err,
+                              size_t errlen)
+{
+    *summary = NULL;
+    const struct worker_config *cfg = lc->cfg;
+    const char *prompt = cfg->summary_prompt && *cfg->summary_prompt ? cfg->summary_prompt
+                                                                     : LLM_DEFAULT_SUMMARY_PROMPT;
+    size_t chars = 0;
+    char *text = transcript(messages_json, &chars);
+    char *user = cm_xasprintf("Conversation:\n\n%s", text);
+    free(text);
+    long long num_ctx =
+        llm_num_ctx(chars + strlen(prompt) + 32, cfg->num_ctx_min, cfg->num_ctx_max);
+    json_t *req = json_pack("{s:s, s:[{s:s, s:s}, {s:s, s:s}], s:b, s:b, s:{s:I}, s:f}", "model",
+                            cfg->summary_model, "messages", "role", "system", "content", prompt,
+                            "role", "user", "content", user, "stream", 0, "think", 0, "options",
+                            "num_ctx", (json_int_t)num_ctx, "temperature", 0.2);
+    free(user);
+    if (!req) {
+        snprintf(err, errlen, "chunk messages are not valid UTF-8");
+        return LLM_TRANSIENT;
+    }
+    json_t *reply;
+    enum llm_result res =
+        post(lc, "/v1/chat/completions", request_id, req, &reply, seconds, err, errlen);
+    json_decref(req);
+    if (res != LLM_OK)
+        return res;
+    const char *content = cm_json_str(
+        json_object_get(json_array_get(json_object_get(reply, "choices"), 0), "message"),
+        "content");
+    char *clean = content ? cm_think_strip_residue(content) : NULL;
+    json_decref(reply);
+    if (!clean || !*clean) {
+        free(clean);
+        snprintf(err, errlen, "the summary is empty");
+        return LLM_TRANSIENT;
+    }
+    *summary = clean;
+    return LLM_OK;
+}
+
+enum llm_result llm_embed(struct llm_client *lc, const char *request_id, const char *const *texts,
+                          size_t n, float **vectors, double *seconds, char *err, size_t errlen)
+{
+    *vectors = NULL;
+    const struct worker_config *cfg = lc->cfg;
+    json_t *input = json_array();
+    for (size_t i = 0; i < n; i++)
+        json_array_append_new(input, json_string(texts[i]));
+    json_t *req = json_pack("{s:s, s:o, s:s}", "model", cfg->embedding_model, "input", input,
+                            "encoding_format", "float");
+    json_t *reply;
+    enum llm_result res = post(lc, "/v1/embeddings", request_id, req, &reply, seconds, err, errlen);
+    json_decref(req);
+    if (res != LLM_OK)
+        return res;
+    json_t *data = json_object_get(reply, "data");
+    size_t dim = (size_t)cfg->embedding_dim;
+    if (json_array_size(data) != n) {
+        snprintf(err, errlen, "/v1/embeddings: %zu vectors for %zu inputs", json_array_size(data),
+                 n);
+        json_decref(reply);
+        return LLM_TRANSIENT;
+    }
+    float *out = cm_xmalloc(n * dim * sizeof(float));
+    for (size_t i = 0; i < n; i++) {
+        json_t *d = json_array_get(data, i);
+        size_t idx = (size_t)cm_json_int(d, "index", (long long)i);
+        json_t *vec = json_object_get(d, "embedding");
+        if (idx >= n || !json_is_array(vec)) {
+            snprintf(err, errlen, "/v1/embeddings: malformed vector %zu", i);
+            free(out);
+            json_decref(reply);
+            return LLM_TRANSIENT;
+        }
+        if (json_array_size(vec) != dim) {
+            snprintf(err, errlen,
+                     "/v1/embeddings: model %s returned %zu dimensions, EMBEDDING_DIM is %zu",
+                     cfg->embedding_model, json_array_size(vec), dim);
+            free(out);
+            json_decref(reply);
+            return LLM_CONFIG;
+        }
+        for (size_t k = 0; k < dim; k++)
+            out[idx * dim + k] = (float)json_number_value(json_array_get(vec, k));
+    }
+    json_decref(reply);
+    *vectors = out;
+    return LLM_OK;
+}

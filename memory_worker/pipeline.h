@@ -1,0 +1,75 @@
+/*
+ * pipeline: the memory_worker's work loop, shared by WORKER_CONCURRENCY
+ * threads and by on-demand passes (POST /v1/process).
+ *
+ *   claim pass (one thread at a time per process; replicas coordinate via
+ *   Redis leases): for each user with messages, claim atomically, parse,
+ *   chunk, persist every chunk (pending) and dead element in one PostgreSQL
+ *   transaction, and only then delete the Redis claim.
+ *
+ *   process: lease a batch of due chunks (SKIP LOCKED + expiry), summarise
+ *   each, embed the summaries in one call, store memory + mark done in one
+ *   transaction per chunk. Failures follow llm_client's classification:
+ *   outage -> lease released, no attempt spent, circuit breaker opens;
+ *   transient -> attempt spent, exponential backoff with jitter, dead after
+ *   MAX_ATTEMPTS; config -> /ready 503, lease released for RETRY_MAX.
+ *
+ * Nothing is ever deleted from Redis before it is committed to PostgreSQL,
+ * and nothing in PostgreSQL is retried forever, so there is no loss and no
+ * loop. Chunk hashes make every write idempotent, so a crash at any step
+ * followed by a restart produces no duplicates.
+ *
+ * Thread-safety: struct pipeline is shared; each thread has its own
+ * connections (struct pipeline_conn).
+ */
+#ifndef PIPELINE_H
+#define PIPELINE_H
+
+#include "worker_config.h"
+
+#include <pthread.h>
+
+struct pass_counts {
+    long long messages_claimed;
+    long long chunks_created;
+    long long dead_messages;
+    long long chunks_done;
+    long long chunks_retried;
+    long long chunks_dead;
+    long long chunks_released;
+};
+
+struct pipeline {
+    const struct worker_config *cfg;
+    pthread_mutex_t mu;
+    pthread_cond_t cond;
+    int stopping;
+    unsigned wake_seq;
+    double breaker_until;    /* monotonic seconds; 0 = closed */
+    double breaker_cooldown; /* next opening lasts this long */
+    char config_error[512];  /* "" when none */
+    pthread_mutex_t claim_mu;
+};
+
+void pipeline_init(struct pipeline *p, const struct worker_config *cfg);
+void pipeline_deinit(struct pipeline *p);
+/* Asks every thread to finish its current chunk and stop. */
+void pipeline_stop(struct pipeline *p);
+/* Wakes idle threads for an immediate pass. */
+void pipeline_wake(struct pipeline *p);
+/* Copies the current configuration error ("" when none). */
+void pipeline_config_error(struct pipeline *p, char *out, size_t len);
+int pipeline_breaker_open(struct pipeline *p);
+
+/* Thread entry (arg = struct pipeline *). */
+void *pipeline_thread_main(void *arg);
+
+/* One full pass on fresh connections: claim everything, then process every
+ * due chunk. Returns 0, or -1 when Redis or PostgreSQL failed (counts still
+ * report what was done). */
+int pipeline_run_once(struct pipeline *p, struct pass_counts *counts, char *err, size_t errlen);
+
+/* Backoff before attempt n+1 (n >= 1 failed attempts), with jitter. */
+double pipeline_backoff(double base, double max, int failed_attempts, double unit_random);
+
+#endif

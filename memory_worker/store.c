@@ -1,0 +1,416 @@
+/* store: PostgreSQL persistence for memory_worker (see store.h). */
+#include "store.h"
+
+#include "cm_alloc.h"
+#include "cm_log.h"
+
+#include <libpq-fe.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct store {
+    PGconn *conn;
+};
+
+static const char *const MIGRATIONS[] = {
+    /* 1: chunks, memories, dead messages */
+    "CREATE TABLE memory_chunks ("
+    "  id bigserial PRIMARY KEY,"
+    "  user_id text NOT NULL,"
+    "  room_id text,"
+    "  chunk_hash text NOT NULL,"
+    "  claim_id text NOT NULL,"
+    "  messages jsonb NOT NULL,"
+    "  message_count integer NOT NULL,"
+    "  first_message_at timestamptz,"
+    "  last_message_at timestamptz,"
+    "  state text NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'done', 'dead')),"
+    "  attempts integer NOT NULL DEFAULT 0,"
+    "  next_attempt_at timestamptz NOT NULL DEFAULT now(),"
+    "  lease_owner text,"
+    "  lease_expires_at timestamptz,"
+    "  last_error text,"
+    "  created_at timestamptz NOT NULL DEFAULT now(),"
+    "  updated_at timestamptz NOT NULL DEFAULT now(),"
+    "  UNIQUE (user_id, chunk_hash));"
+    "CREATE INDEX memory_chunks_due ON memory_chunks (next_attempt_at) WHERE state = 'pending';"
+    "CREATE TABLE memories ("
+    "  id bigserial PRIMARY KEY,"
+    "  user_id text NOT NULL,"
+    "  room_id text,"
+    "  summary text NOT NULL,"
+    "  embedding real[] NOT NULL,"
+    "  summary_model text NOT NULL,"
+    "  embedding_model text NOT NULL,"
+    "  message_count integer NOT NULL,"
+    "  first_message_at timestamptz,"
+    "  last_message_at timestamptz,"
+    "  chunk_hash text NOT NULL,"
+    "  created_at timestamptz NOT NULL DEFAULT now(),"
+    "  UNIQUE (user_id, chunk_hash));"
+    "CREATE INDEX memories_user_created ON memories (user_id, created_at);"
+    "CREATE TABLE dead_messages ("
+    "  id bigserial PRIMARY KEY,"
+    "  user_id text NOT NULL,"
+    "  claim_id text NOT NULL,"
+    "  position integer NOT NULL,"
+    "  raw bytea NOT NULL,"
+    "  error text NOT NULL,"
+    "  created_at timestamptz NOT NULL DEFAULT now(),"
+    "  UNIQUE (user_id, claim_id, position));",
+};
+
+static void notice_cb(void *arg, const char *message)
+{
+    (void)arg;
+    CM_DEBUG(NULL, "postgres_notice", "%s", message);
+}
+
+struct store *store_connect(const char *conninfo, char *err, size_t errlen)
+{
+    PGconn *c = PQconnectdb(conninfo);
+    if (PQstatus(c) != CONNECTION_OK) {
+        snprintf(err, errlen, "postgres: %s", PQerrorMessage(c));
+        size_t l = strlen(err);
+        while (l && (err[l - 1] == '\n' || err[l - 1] == ' '))
+            err[--l] = '\0';
+        PQfinish(c);
+        return NULL;
+    }
+    PQsetNoticeProcessor(c, notice_cb, NULL);
+    struct store *st = cm_xcalloc(1, sizeof *st);
+    st->conn = c;
+    return st;
+}
+
+void store_free(struct store *st)
+{
+    if (!st)
+        return;
+    PQfinish(st->conn);
+    free(st);
+}
+
+int store_check(struct store *st)
+{
+    if (PQstatus(st->conn) != CONNECTION_OK) {
+        PQreset(st->conn);
+        if (PQstatus(st->conn) != CONNECTION_OK)
+            return -1;
+    }
+    PGresult *r = PQexec(st->conn, "SELECT 1");
+    int ok = PQresultStatus(r) == PGRES_TUPLES_OK;
+    PQclear(r);
+    if (!ok) {
+        PQreset(st->conn);
+        return PQstatus(st->conn) == CONNECTION_OK ? 0 : -1;
+    }
+    return 0;
+}
+
+/* Runs a statement; returns the result (caller PQclear) or NULL after logging. */
+static PGresult *exec(struct store *st, const char *what, const char *sql, int n,
+                      const char *const *params)
+{
+    PGresult *r = PQexecParams(st->conn, sql, n, NULL, params, NULL, NULL, 0);
+    ExecStatusType s = PQresultStatus(r);
+    if (s != PGRES_COMMAND_OK && s != PGRES_TUPLES_OK) {
+        CM_WARN(NULL, "postgres_error", "%s: %s", what, PQresultErrorMessage(r));
+        PQclear(r);
+        return NULL;
+    }
+    return r;
+}
+
+static int exec_ok(struct store *st, const char *what, const char *sql, int n,
+                   const char *const *params)
+{
+    PGresult *r = exec(st, what, sql, n, params);
+    if (!r)
+        return -1;
+    PQclear(r);
+    return 0;
+}
+
+static void rollback(struct store *st)
+{
+    PGresult *r = PQexec(st->conn, "ROLLBACK");
+    PQclear(r);
+}
+
+int store_migrate(struct store *st, char *err, size_t errlen)
+{
+    if (exec_ok(st, "advisory lock", "SELECT pg_advisory_lock(727274)", 0, NULL) != 0 ||
+        exec_ok(st, "migrations table",
+                "CREATE TABLE IF NOT EXISTS schema_migrations (version integer PRIMARY KEY, "
+                "applied_at timestamptz NOT NULL DEFAULT now())",
+                0, NULL) != 0) {
+        snprintf(err, errlen, "postgres: cannot prepare migrations: %s", PQerrorMessage(st->conn));
+        return -1;
+    }
+    int rc = 0;
+    PGresult *r = exec(st, "schema version",
+                       "SELECT coalesce(max(version), 0) FROM schema_migrations", 0, NULL);
+    int have = r ? atoi(PQgetvalue(r, 0, 0)) : -1;
+    PQclear(r);
+    int want = (int)(sizeof MIGRATIONS / sizeof MIGRATIONS[0]);
+    for (int v = have + 1; have >= 0 && v <= want; v++) {
+        char ver[16];
+        snprintf(ver, sizeof ver, "%d", v);
+        const char *params[] = {ver};
+        PGresult *mr = NULL;
+        if (exec_ok(st, "begin", "BEGIN", 0, NULL) != 0 ||
+            /* several statements: the simple protocol */
+            PQresultStatus(mr = PQexec(st->conn, MIGRATIONS[v - 1])) != PGRES_COMMAND_OK ||
+            exec_ok(st, "record migration", "INSERT INTO schema_migrations (version) VALUES ($1)",
+                    1, params) != 0 ||
+            exec_ok(st, "commit", "COMMIT", 0, NULL) != 0) {
+            snprintf(err, errlen, "postgres: migration %d failed: %s", v,
+                     mr ? PQresultErrorMessage(mr) : PQerrorMessage(st->conn));
+            PQclear(mr);
+            rollback(st);
+            rc = -1;
+            break;
+        }
+        PQclear(mr);
+        CM_INFO(NULL, "schema_migrated", "version=%d", v);
+    }
+    if (have < 0) {
+        snprintf(err, errlen, "postgres: cannot read the schema version");
+        rc = -1;
+    }
+    exec_ok(st, "advisory unlock", "SELECT pg_advisory_unlock(727274)", 0, NULL);
+    return rc;
+}
+
+static char *ts_param(double ts)
+{
+    return ts < 0 ? NULL : cm_xasprintf("%.6f", ts);
+}
+
+int store_persist_claim(struct store *st, const char *user_id, const char *claim_id,
+                        const struct chunk *chunks, size_t nchunks, const struct dead_message *dead,
+                        size_t ndead, long long *new_chunks)
+{
+    *new_chunks = 0;
+    if (exec_ok(st, "begin", "BEGIN", 0, NULL) != 0)
+        return -1;
+    for (size_t i = 0; i < nchunks; i++) {
+        const struct chunk *c = &chunks[i];
+        size_t total = 3;
+        for (size_t k = 0; k < c->count; k++)
+            total += c->msgs[k].raw_len + 1;
+        char *msgs = cm_xmalloc(total);
+        size_t off = 0;
+        msgs[off++] = '[';
+        for (size_t k = 0; k < c->count; k++) {
+            if (k)
+                msgs[off++] = ',';
+            memcpy(msgs + off, c->msgs[k].raw, c->msgs[k].raw_len);
+            off += c->msgs[k].raw_len;
+        }
+        msgs[off++] = ']';
+        msgs[off] = '\0';
+        char count[16];
+        snprintf(count, sizeof count, "%zu", c->count);
+        char *first = ts_param(c->first_ts), *last = ts_param(c->last_ts);
+        const char *params[] = {user_id, c->room_id, c->hash, claim_id, msgs, count, first, last};
+        PGresult *r = exec(st, "insert chunk",
+                           "INSERT INTO memory_chunks (user_id, room_id, chunk_hash, claim_id, "
+                           "messages, message_count, first_message_at, last_message_at) VALUES "
+                           "($1, $2, $3, $4, $5::jsonb, $6, to_timestamp($7::float8), "
+                           "to_timestamp($8::float8)) ON CONFLICT (user_id, chunk_hash) DO NOTHING",
+                           8, params);
+        free(msgs);
+        free(first);
+        free(last);
+        if (!r) {
+            rollback(st);
+            return -1;
+        }
+        *new_chunks += atoll(PQcmdTuples(r));
+        PQclear(r);
+    }
+    for (size_t i = 0; i < ndead; i++) {
+        char pos[24];
+        snprintf(pos, sizeof pos, "%zu", dead[i].index);
+        const char *values[] = {user_id, claim_id, pos, dead[i].raw, dead[i].error};
+        int lengths[] = {0, 0, 0, (int)dead[i].raw_len, 0};
+        int formats[] = {0, 0, 0, 1, 0};
+        PGresult *r = PQexecParams(
+            st->conn,
+            "INSERT INTO dead_messages (user_id, claim_id, position, raw, error) VALUES ($1, $2, "
+            "$3, $4, $5) ON CONFLICT (user_id, claim_id, position) DO NOTHING",
+            5, NULL, values, lengths, formats, 0);
+        if (PQresultStatus(r) != PGRES_COMMAND_OK) {
+            CM_WARN(NULL, "postgres_error", "insert dead message: %s", PQresultErrorMessage(r));
+            PQclear(r);
+            rollback(st);
+            return -1;
+        }
+        PQclear(r);
+    }
+    if (exec_ok(st, "commit", "COMMIT", 0, NULL) != 0) {
+        rollback(st);
+        return -1;
+    }
+    return 0;
+}
+
+static char *dup_or_null(PGresult *r, int row, int col)
+{
+    return PQgetisnull(r, row, col) ? NULL : cm_xstrdup(PQgetvalue(r, row, col));
+}
+
+int store_lease(struct store *st, const char *owner, double lease_s, int max,
+                struct leased_chunk **out, size_t *n)
+{
+    *out = NULL;
+    *n = 0;
+    char secs[32], lim[16];
+    snprintf(secs, sizeof secs, "%.3f", lease_s);
+    snprintf(lim, sizeof lim, "%d", max);
+    const char *params[] = {owner, secs, lim};
+    PGresult *r = exec(
+        st, "lease",
+        "UPDATE memory_chunks SET lease_owner = $1, lease_expires_at = now() + make_interval(secs "
+        "=> $2::float8), updated_at = now() WHERE id IN (SELECT id FROM memory_chunks WHERE state "
+        "= 'pending' AND next_attempt_at <= now() AND (lease_expires_at IS NULL OR "
+        "lease_expires_at < now()) ORDER BY next_attempt_at, id LIMIT $3 FOR UPDATE SKIP LOCKED) "
+        "RETURNING id, user_id, room_id, chunk_hash, messages::text, message_count, "
+        "first_message_at::text, last_message_at::text, attempts",
+        3, params);
+    if (!r)
+        return -1;
+    int rows = PQntuples(r);
+    *out = cm_xcalloc(rows ? (size_t)rows : 1, sizeof **out);
+    for (int i = 0; i < rows; i++) {
+        struct leased_chunk *c = &(*out)[i];
+        c->id = atoll(PQgetvalue(r, i, 0));
+        c->user_id = dup_or_null(r, i, 1);
+        c->room_id = dup_or_null(r, i, 2);
+        c->hash = dup_or_null(r, i, 3);
+        c->messages = dup_or_null(r, i, 4);
+        c->message_count = atoi(PQgetvalue(r, i, 5));
+        c->first_at = dup_or_null(r, i, 6);
+        c->last_at = dup_or_null(r, i, 7);
+        c->attempts = atoi(PQgetvalue(r, i, 8));
+    }
+    *n = (size_t)rows;
+    PQclear(r);
+    return 0;
+}
+
+void store_leased_free(struct leased_chunk *c, size_t n)
+{
+    for (size_t i = 0; c && i < n; i++) {
+        free(c[i].user_id);
+        free(c[i].room_id);
+        free(c[i].hash);
+        free(c[i].messages);
+        free(c[i].first_at);
+        free(c[i].last_at);
+    }
+    free(c);
+}
+
+int store_complete(struct store *st, const struct leased_chunk *c, const char *owner,
+                   const char *summary, const float *embedding, size_t dim,
+                   const char *summary_model, const char *embedding_model)
+{
+    char *vec = cm_xmalloc(dim * 18 + 3);
+    size_t off = 0;
+    vec[off++] = '{';
+    for (size_t i = 0; i < dim; i++)
+        off += (size_t)snprintf(vec + off, 18, "%s%.9g", i ? "," : "", (double)embedding[i]);
+    vec[off++] = '}';
+    vec[off] = '\0';
+    char id[24], count[16];
+    snprintf(id, sizeof id, "%lld", c->id);
+    snprintf(count, sizeof count, "%d", c->message_count);
+    const char *mp[] = {c->user_id,      c->room_id, summary,     vec,        summary_model,
+                        embedding_model, count,      c->first_at, c->last_at, c->hash};
+    const char *cp[] = {id, owner};
+    int rc = -1;
+    if (exec_ok(st, "begin", "BEGIN", 0, NULL) != 0)
+        goto out;
+    if (exec_ok(st, "insert memory",
+                "INSERT INTO memories (user_id, room_id, summary, embedding, summary_model, "
+                "embedding_model, message_count, first_message_at, last_message_at, chunk_hash) "
+                "VALUES ($1, $2, $3, $4::real[], $5, $6, $7, $8::timestamptz, $9::timestamptz, "
+                "$10) ON CONFLICT (user_id, chunk_hash) DO NOTHING",
+                10, mp) != 0 ||
+        exec_ok(st, "mark done",
+                "UPDATE memory_chunks SET state = 'done', lease_owner = NULL, lease_expires_at = "
+                "NULL, last_error = NULL, updated_at = now() WHERE id = $1 AND state = 'pending' "
+                "AND (lease_owner = $2 OR lease_owner IS NULL OR lease_expires_at < now())",
+                2, cp) != 0 ||
+        exec_ok(st, "commit", "COMMIT", 0, NULL) != 0) {
+        rollback(st);
+        goto out;
+    }
+    rc = 0;
+out:
+    free(vec);
+    return rc;
+}
+
+int store_fail(struct store *st, const struct leased_chunk *c, const char *owner, double delay_s,
+               const char *error, int dead)
+{
+    char id[24], delay[32];
+    snprintf(id, sizeof id, "%lld", c->id);
+    snprintf(delay, sizeof delay, "%.3f", delay_s);
+    const char *params[] = {id, owner, delay, error, dead ? "dead" : "pending"};
+    return exec_ok(st, "record failure",
+                   "UPDATE memory_chunks SET attempts = attempts + 1, state = $5, "
+                   "next_attempt_at = now() + make_interval(secs => $3::float8), last_error = $4, "
+                   "lease_owner = NULL, lease_expires_at = NULL, updated_at = now() "
+                   "WHERE id = $1 AND state = 'pending' AND lease_owner = $2",
+                   5, params);
+}
+
+int store_release(struct store *st, const struct leased_chunk *c, const char *owner, double delay_s,
+                  const char *error)
+{
+    char id[24], delay[32];
+    snprintf(id, sizeof id, "%lld", c->id);
+    snprintf(delay, sizeof delay, "%.3f", delay_s);
+    const char *params[] = {id, owner, delay, error};
+    return exec_ok(st, "release lease",
+                   "UPDATE memory_chunks SET lease_owner = NULL, lease_expires_at = NULL, "
+                   "next_attempt_at = now() + make_interval(secs => $3::float8), "
+                   "last_error = coalesce($4, last_error), updated_at = now() "
+                   "WHERE id = $1 AND state = 'pending' AND lease_owner = $2",
+                   4, params);
+}
+
+long long store_replay_dead(struct store *st, const char *user_id)
+{
+    const char *params[] = {user_id};
+    PGresult *r = exec(st, "replay dead",
+                       "UPDATE memory_chunks SET state = 'pending', attempts = 0, next_attempt_at "
+                       "= now(), lease_owner = NULL, lease_expires_at = NULL, updated_at = now() "
+                       "WHERE state = 'dead' AND ($1::text IS NULL OR user_id = $1)",
+                       1, params);
+    if (!r)
+        return -1;
+    long long n = atoll(PQcmdTuples(r));
+    PQclear(r);
+    return n;
+}
+
+int store_counts(struct store *st, long long *pending, long long *dead)
+{
+    PGresult *r = exec(st, "counts",
+                       "SELECT count(*) FILTER (WHERE state = 'pending'), count(*) FILTER (WHERE "
+                       "state = 'dead') FROM memory_chunks",
+                       0, NULL);
+    if (!r)
+        return -1;
+    *pending = atoll(PQgetvalue(r, 0, 0));
+    *dead = atoll(PQgetvalue(r, 0, 1));
+    PQclear(r);
+    return 0;
+}
