@@ -20,6 +20,8 @@
 #include <string.h>
 #include <strings.h>
 #include <stdint.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <unistd.h>
 #include <time.h>
@@ -832,6 +834,11 @@ int cm_http_server_start(struct cm_http_server *srv, char *err, size_t errlen)
         return -1;
     }
     evutil_socket_t fd = evhttp_bound_socket_get_fd(srv->bound);
+    /* Accepted sockets inherit TCP_NODELAY from the listener on Linux. evhttp
+     * never sets it, and with Nagle a response of a few segments waits for
+     * the peer's delayed ACK (~40 ms) before its last partial segment. */
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     struct sockaddr_storage ss;
     socklen_t sl = sizeof ss;
     srv->port = srv->opts.port;

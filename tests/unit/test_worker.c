@@ -25,8 +25,12 @@ static void parse_messages(void)
     CHECK_STR(m.role, "user");
     CHECK(m.ts == 1716800000.5);
     message_deinit(&m);
-    const char *bad[] = {"nope", "[1]", "{\"role\":\"user\"}", "{\"content\":\"\"}",
-                         "{\"content\":5}", "{\"content\":\"x\",\"role\":7}"};
+    const char *bad[] = {"nope",
+                         "[1]",
+                         "{\"role\":\"user\"}",
+                         "{\"content\":\"\"}",
+                         "{\"content\":5}",
+                         "{\"content\":\"x\",\"role\":7}"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         err[0] = '\0';
         CHECK(message_parse(bad[i], strlen(bad[i]), 1 << 20, &m, err, sizeof err) == -1);
@@ -52,9 +56,8 @@ static struct message mk(const char *content, const char *room)
 
 static void chunking(void)
 {
-    struct message msgs[7] = {mk("a1", "A"),          mk("b1", "B"), mk("a2", "A"),
-                              mk("a3", "A"),          mk("b2", "B"), mk("xxxxxxxxxxxx", "A"),
-                              mk("n1", NULL)};
+    struct message msgs[7] = {mk("a1", "A"), mk("b1", "B"),           mk("a2", "A"), mk("a3", "A"),
+                              mk("b2", "B"), mk("xxxxxxxxxxxx", "A"), mk("n1", NULL)};
     size_t n;
     struct chunk *c = chunker_split(msgs, 7, 2, 10, "u", "claim1", &n);
     /* Rooms in order of first appearance: A(a1,a2,a3,long), B(b1,b2), none(n1). */
@@ -69,16 +72,14 @@ static void chunking(void)
         for (size_t k = 0; k < c[i].count; k++)
             CHECK((c[i].room_id == NULL) == (c[i].msgs[k].room_id == NULL));
     /* Same claim -> same hashes; another claim -> different. */
-    struct message again[7] = {mk("a1", "A"),          mk("b1", "B"), mk("a2", "A"),
-                               mk("a3", "A"),          mk("b2", "B"), mk("xxxxxxxxxxxx", "A"),
-                               mk("n1", NULL)};
+    struct message again[7] = {mk("a1", "A"), mk("b1", "B"),           mk("a2", "A"), mk("a3", "A"),
+                               mk("b2", "B"), mk("xxxxxxxxxxxx", "A"), mk("n1", NULL)};
     size_t n2;
     struct chunk *c2 = chunker_split(again, 7, 2, 10, "u", "claim1", &n2);
     CHECK(n2 == n && strcmp(c[0].hash, c2[0].hash) == 0 && strcmp(c[4].hash, c2[4].hash) == 0);
     chunker_free(c2);
-    struct message other[7] = {mk("a1", "A"),          mk("b1", "B"), mk("a2", "A"),
-                               mk("a3", "A"),          mk("b2", "B"), mk("xxxxxxxxxxxx", "A"),
-                               mk("n1", NULL)};
+    struct message other[7] = {mk("a1", "A"), mk("b1", "B"),           mk("a2", "A"), mk("a3", "A"),
+                               mk("b2", "B"), mk("xxxxxxxxxxxx", "A"), mk("n1", NULL)};
     c2 = chunker_split(other, 7, 2, 10, "u", "claim2", &n2);
     CHECK(strcmp(c[0].hash, c2[0].hash) != 0);
     CHECK(strcmp(c[0].hash, c[1].hash) != 0);
