@@ -84,6 +84,8 @@ describe('pipeline', () => {
     assert.equal(up.think, false);
     assert.ok(up.options.num_ctx >= 4096);
     assert.equal(up.model, 'qwen3:8b');
+    assert.match((await double.last('/api/chat')).request_id, /^mw-\d+-1-s$/);
+    assert.match((await double.last('/api/embed')).request_id, /^mw-\d+-e$/);
     // Vectors are unit length (Ollama normalises).
     const norm = Number(svc.sql("SELECT sqrt(sum(x * x)) FROM memories, unnest(embedding) x WHERE room_id = 'r2'"));
     assert.ok(Math.abs(norm - 1) < 1e-3);
@@ -223,5 +225,22 @@ describe('failures', () => {
     assert.match(ready.config_error, /1024 dimensions, EMBEDDING_DIM is 768/);
     await w.stop();
     svc.sql("UPDATE memory_chunks SET next_attempt_at = now() WHERE user_id = 'hank'");
+  });
+});
+
+describe('process', () => {
+  const bin = path.join(BIN_DIR, 'memory_worker');
+  test('--help documents every setting; bad settings exit 2 naming the variable', () => {
+    const h = spawnSync(bin, ['--help'], { encoding: 'utf8' });
+    assert.equal(h.status, 0);
+    for (const v of ['LLM_PROXY_URL', 'SUMMARY_MODEL', 'EMBEDDING_MODEL', 'API_TIMEOUT', 'REDIS_URL',
+      'POSTGRES_HOST', 'POSTGRES_PORT', 'POSTGRES_DB', 'POSTGRES_USER', 'POSTGRES_PASSWORD', 'DATABASE_URL',
+      'POLL_INTERVAL', 'WORKER_CONCURRENCY', 'MEMORY_WORKER_PORT', 'CHUNK_MAX_MESSAGES', 'CHUNK_MAX_CHARS',
+      'RETRY_BASE', 'RETRY_MAX', 'MAX_ATTEMPTS', 'EMBEDDING_DIM', 'SUMMARY_PROMPT']) assert.match(h.stdout, new RegExp(v));
+    for (const [k, v] of [['WORKER_CONCURRENCY', 'many'], ['REDIS_URL', 'http://x'], ['RETRY_BASE', '-1'], ['LLM_PROXY_URL', 'proxy:8000']]) {
+      const r = spawnSync(bin, [], { encoding: 'utf8', env: { [k]: v } });
+      assert.equal(r.status, 2, `${k}=${v}`);
+      assert.match(r.stderr, new RegExp(k));
+    }
   });
 });
