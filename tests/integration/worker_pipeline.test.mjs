@@ -165,6 +165,9 @@ describe('pipeline', () => {
     }
     assert.equal(ready.status, 200);
     assert.equal((await fetch(`${w.url}/health`)).status, 200);
+    const hc = spawnSync(path.join(BIN_DIR, 'memory_worker'), ['--healthcheck'],
+      { env: { MEMORY_WORKER_HOST: '127.0.0.1', MEMORY_WORKER_PORT: new URL(w.url).port } });
+    assert.equal(hc.status, 0);
   });
 });
 
