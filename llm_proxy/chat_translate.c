@@ -748,8 +748,8 @@ int chat_stream_line(struct chat_stream *st, const json_t *line, json_t *chunks,
         json_array_append_new(chunks, chunk_new(st, delta, NULL));
     else
         json_decref(delta);
-    json_array_append_new(chunks,
-                          chunk_new(st, json_object(), finish_reason(line, st->tool_calls > 0)));
+    st->finish_reason = finish_reason(line, st->tool_calls > 0);
+    json_array_append_new(chunks, chunk_new(st, json_object(), st->finish_reason));
     read_usage(line, &st->usage);
     if (st->include_usage) {
         json_t *u =

@@ -52,6 +52,7 @@ struct chat_stream {
     int role_sent;
     int tool_calls; /* tool calls emitted so far */
     int done;
+    const char *finish_reason; /* static string, set with the final line */
     struct cm_think_splitter think;
     struct chat_usage usage;
 };
