@@ -64,6 +64,14 @@ struct cm_req {
     struct cm_req *prev, *next;
 };
 
+struct cm_upgraded {
+    struct cm_http_server *srv;
+    struct evhttp_connection *evcon;
+    cm_upgraded_cb on_server_free;
+    void *arg;
+    struct cm_upgraded *prev, *next;
+};
+
 struct cm_http_server {
     struct event_base *base;
     struct evhttp *http;
@@ -78,6 +86,8 @@ struct cm_http_server {
     unsigned inflight;
     struct cm_req *live;
     struct cm_req *dispatching; /* request whose route callback is running */
+    struct cm_upgraded *upgraded;
+    unsigned nupgraded;
     cm_req_done_cb done_cb;
     void *done_arg;
 };
@@ -457,6 +467,68 @@ void cm_req_stream_end(struct cm_req *r)
     req_finish(r);
 }
 
+/* ---------------------------------------------------------------- takeover */
+
+struct cm_upgraded *cm_req_upgrade(struct cm_req *r, const char *const *headers,
+                                   cm_upgraded_cb on_server_free, void *arg,
+                                   struct bufferevent **bev_out)
+{
+    struct evkeyvalq *h = evhttp_request_get_output_headers(r->req);
+    evhttp_remove_header(h, "Content-Type");
+    for (const char *const *p = headers; p && p[0]; p += 2) {
+        if (evhttp_add_header(h, p[0], p[1]) != 0) {
+            cm_req_reply_error(r, 500, "server_error", "Invalid upgrade header.", NULL, NULL);
+            return NULL;
+        }
+    }
+    struct evhttp_connection *evcon = evhttp_request_get_connection(r->req);
+    struct cm_upgraded *up = cm_xcalloc(1, sizeof *up);
+    struct cm_http_server *srv = r->srv;
+    up->srv = srv;
+    up->evcon = evcon;
+    up->on_server_free = on_server_free;
+    up->arg = arg;
+    up->next = srv->upgraded;
+    if (srv->upgraded)
+        srv->upgraded->prev = up;
+    srv->upgraded = up;
+    srv->nupgraded++;
+
+    stop_watch(r);
+    r->status = 101;
+    /* 1xx: evhttp writes no Content-Length or Transfer-Encoding. */
+    evhttp_send_reply_start(r->req, 101, "Switching Protocols");
+    evhttp_connection_set_closecb(evcon, NULL, NULL);
+    struct bufferevent *bev = evhttp_connection_get_bufferevent(evcon);
+    /* Liveness is now the caller's business (pings), not evhttp's timeouts. */
+    bufferevent_set_timeouts(bev, NULL, NULL);
+    *bev_out = bev;
+    req_finish(r);
+    return up;
+}
+
+void cm_upgraded_close(struct cm_upgraded *up)
+{
+    if (!up)
+        return;
+    struct cm_http_server *srv = up->srv;
+    if (up->prev)
+        up->prev->next = up->next;
+    else
+        srv->upgraded = up->next;
+    if (up->next)
+        up->next->prev = up->prev;
+    srv->nupgraded--;
+    /* Frees the bufferevent and the never-finished request, closes the fd. */
+    evhttp_connection_free(up->evcon);
+    free(up);
+}
+
+unsigned cm_http_server_upgraded(const struct cm_http_server *srv)
+{
+    return srv->nupgraded;
+}
+
 /* ---------------------------------------------------------------- accessors */
 
 const char *cm_req_id(const struct cm_req *r)
@@ -557,6 +629,23 @@ json_t *cm_req_parse_json_object(struct cm_req *r)
 
 /* ---------------------------------------------------------------- dispatch */
 
+int cm_http_server_has_key(const struct cm_http_server *srv)
+{
+    return srv->has_api_key;
+}
+
+int cm_http_server_key_ok(const struct cm_http_server *srv, const char *key)
+{
+    if (!srv->has_api_key)
+        return 1;
+    if (!key)
+        return 0;
+    /* Hash first so the comparison time depends on neither key's length. */
+    unsigned char h[SHA256_DIGEST_LENGTH];
+    SHA256((const unsigned char *)key, strlen(key), h);
+    return CRYPTO_memcmp(h, srv->api_key_hash, sizeof h) == 0;
+}
+
 static int check_api_key(struct cm_http_server *srv, struct cm_req *r, int *sent_key)
 {
     const char *auth = cm_req_header(r, "Authorization");
@@ -567,9 +656,7 @@ static int check_api_key(struct cm_http_server *srv, struct cm_req *r, int *sent
     while (*key == ' ')
         key++;
     *sent_key = *key != '\0';
-    unsigned char h[SHA256_DIGEST_LENGTH];
-    SHA256((const unsigned char *)key, strlen(key), h);
-    return CRYPTO_memcmp(h, srv->api_key_hash, sizeof h) == 0 ? 0 : -1;
+    return cm_http_server_key_ok(srv, key) ? 0 : -1;
 }
 
 static void gencb(struct evhttp_request *req, void *arg)
@@ -879,6 +966,15 @@ void cm_http_server_free(struct cm_http_server *srv)
 {
     if (!srv)
         return;
+    /* Taken-over connections first: evhttp_free() would free them under
+     * their owners. */
+    while (srv->upgraded) {
+        struct cm_upgraded *up = srv->upgraded;
+        if (up->on_server_free)
+            up->on_server_free(up, up->arg);
+        if (srv->upgraded == up) /* the owner did not close it */
+            cm_upgraded_close(up);
+    }
     while (srv->live) {
         struct cm_req *r = srv->live;
         struct evhttp_connection *evcon = evhttp_request_get_connection(r->req);

@@ -138,4 +138,34 @@ void cm_req_stream_on_drain(struct cm_req *r, cm_req_drain_cb cb, void *arg);
 /* Ends the chunked reply and frees the request. */
 void cm_req_stream_end(struct cm_req *r);
 
+/* --- connection takeover (WebSocket) ---
+ *
+ * libevent 2.1 has no WebSocket support. cm_req_upgrade() answers
+ * "101 Switching Protocols" with evhttp_send_reply_start() and hands the
+ * connection's bufferevent to the caller, whose callbacks replace evhttp's
+ * (the approach of ../shared/c-style.md recipe A: evhttp keeps owning the
+ * connection and its never-finished request). Bytes the client sent right
+ * after the handshake are already in the bufferevent's input: process them
+ * at once. The caller releases the connection only with
+ * cm_upgraded_close(), never bufferevent_free(); when the server is freed
+ * first, on_server_free runs so the caller can clean up and close.
+ */
+struct bufferevent;
+struct cm_upgraded;
+typedef void (*cm_upgraded_cb)(struct cm_upgraded *up, void *arg);
+
+/* headers: NULL-terminated name, value, name, value... (copied). The cm_req
+ * is finished (freed) by this call. Returns NULL (after replying 500) if a
+ * header is invalid. */
+struct cm_upgraded *cm_req_upgrade(struct cm_req *r, const char *const *headers,
+                                   cm_upgraded_cb on_server_free, void *arg,
+                                   struct bufferevent **bev);
+void cm_upgraded_close(struct cm_upgraded *up);
+/* Takeovers still open. */
+unsigned cm_http_server_upgraded(const struct cm_http_server *srv);
+/* Constant-time check of a key against the configured API key (1 = match;
+ * also 1 when no key is configured). */
+int cm_http_server_key_ok(const struct cm_http_server *srv, const char *key);
+int cm_http_server_has_key(const struct cm_http_server *srv);
+
 #endif

@@ -36,7 +36,8 @@ static void usage(FILE *out)
             "Usage: llm_proxy [--help] [--version] [--healthcheck]\n"
             "\n"
             "OpenAI-compatible HTTP gateway in front of Ollama: /v1/chat/completions (JSON and\n"
-            "SSE), /v1/embeddings, /v1/models, /health, /ready, /metrics.\n"
+            "SSE), /v1/embeddings, /v1/models, WebSocket chat on /ws/chat, /health, /ready,\n"
+            "/metrics.\n"
             "\n"
             "Options:\n"
             "  --help         show this help and exit\n"
@@ -64,7 +65,7 @@ static void drain_check_cb(evutil_socket_t fd, short what, void *arg)
     struct app *app = arg;
     (void)fd;
     (void)what;
-    if (cm_http_server_inflight(app->px.srv) == 0) {
+    if (cm_http_server_inflight(app->px.srv) == 0 && app->px.ws_count == 0) {
         CM_INFO(NULL, "shutdown", "all requests finished");
         event_base_loopexit(app->px.base, NULL);
     }
@@ -92,6 +93,7 @@ static void signal_cb(evutil_socket_t sig, short what, void *arg)
     CM_INFO(NULL, "shutdown", "signal %d: draining %u request(s), grace %.1fs", (int)sig,
             cm_http_server_inflight(app->px.srv), app->px.cfg.shutdown_grace);
     cm_http_server_drain(app->px.srv);
+    ws_drain_all(&app->px);
     struct timeval poll = {0, 20000};
     app->drain_timer = event_new(app->px.base, -1, EV_PERSIST, drain_check_cb, app);
     event_add(app->drain_timer, &poll);
@@ -122,6 +124,8 @@ static void setup_metrics(struct proxy *px)
                            "Failed upstream exchanges by route and kind.", "route,kind");
     px->m_tokens = cm_metrics_counter(px->metrics, "llm_proxy_tokens_total",
                                       "Tokens reported by the upstream, by type.", "type");
+    px->m_ws_connections = cm_metrics_gauge(px->metrics, "llm_proxy_websocket_connections",
+                                            "Open WebSocket connections.", NULL);
 }
 
 static void setup_routes(struct proxy *px)
@@ -134,6 +138,7 @@ static void setup_routes(struct proxy *px)
     cm_http_server_route(s, CM_GET, "/v1/models", CM_ROUTE_AUTH, "models", models_handle_list, px);
     cm_http_server_route(s, CM_GET, "/v1/models/", CM_ROUTE_AUTH | CM_ROUTE_PREFIX, "model",
                          models_handle_get, px);
+    cm_http_server_route(s, CM_GET, "/ws/chat", 0, "ws_chat", ws_handle_upgrade, px);
     cm_http_server_route(s, CM_GET, "/health", CM_ROUTE_DRAIN_OK, "health", health_handle_live, px);
     cm_http_server_route(s, CM_GET, "/ready", CM_ROUTE_DRAIN_OK, "ready", health_handle_ready, px);
     cm_http_server_route(s, CM_GET, "/metrics", CM_ROUTE_DRAIN_OK, "metrics", health_handle_metrics,

@@ -23,6 +23,9 @@ struct proxy {
     struct cm_metric *m_inflight;        /* gauge */
     struct cm_metric *m_upstream_errors; /* route, kind */
     struct cm_metric *m_tokens;          /* type */
+    struct cm_metric *m_ws_connections;  /* gauge */
+    struct ws_session *ws_sessions;      /* live WebSocket sessions (ws_session.c) */
+    unsigned ws_count;
 };
 
 /* Route handlers (arg = struct proxy *). */
@@ -33,6 +36,11 @@ void models_handle_get(struct cm_req *r, void *arg);
 void health_handle_live(struct cm_req *r, void *arg);
 void health_handle_ready(struct cm_req *r, void *arg);
 void health_handle_metrics(struct cm_req *r, void *arg);
+void ws_handle_upgrade(struct cm_req *r, void *arg);
+
+/* Graceful shutdown of WebSocket sessions: requests in flight finish, then
+ * each session closes with 1001; new chat requests get an error. */
+void ws_drain_all(struct proxy *px);
 
 /* Replies with e as an OpenAI error. */
 void proxy_reply_error(struct cm_req *r, const struct proxy_error *e);

@@ -76,6 +76,7 @@ struct double_state {
     long disconnects;
     long active_streams;
     long releases;
+    long stalls; /* times a stream waited for its client (backpressure) */
     struct recorded last[4];
     struct stream *streams; /* live streams (for release) */
     struct waiter *waiters;
@@ -279,6 +280,12 @@ static void stream_schedule(struct stream *s, long ms)
     evtimer_add(s->tick, &tv);
 }
 
+static void stream_drained(struct cm_req *r, void *arg)
+{
+    (void)r;
+    stream_schedule(arg, 0);
+}
+
 static void stream_tick(evutil_socket_t fd, short what, void *arg)
 {
     struct stream *s = arg;
@@ -289,6 +296,12 @@ static void stream_tick(evutil_socket_t fd, short what, void *arg)
             return; /* stay silent until the client leaves */
         cm_req_stream_end(s->r);
         stream_remove(s);
+        return;
+    }
+    /* Like Go's net/http: a writer blocks while the client does not read. */
+    if (cm_req_stream_backlog(s->r) > 256 * 1024) {
+        D.stalls++;
+        cm_req_stream_on_drain(s->r, stream_drained, s);
         return;
     }
     if (s->gate && s->sent > 0) {
@@ -801,9 +814,9 @@ static void handle_stats(struct cm_req *r, void *arg)
 {
     (void)arg;
     cm_req_reply_json(r, 200,
-                      json_pack("{s:O, s:I, s:I}", "requests", D.counts, "disconnects",
+                      json_pack("{s:O, s:I, s:I, s:I}", "requests", D.counts, "disconnects",
                                 (json_int_t)D.disconnects, "active_streams",
-                                (json_int_t)D.active_streams));
+                                (json_int_t)D.active_streams, "stalls", (json_int_t)D.stalls));
 }
 
 static void handle_wait(struct cm_req *r, void *arg)
