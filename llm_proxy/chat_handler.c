@@ -28,7 +28,6 @@
 #include <string.h>
 #include <time.h>
 
-
 static void count_tokens(struct proxy *px, const struct chat_usage *u)
 {
     const char *prompt[] = {"prompt"}, *completion[] = {"completion"};

@@ -181,8 +181,7 @@ static void uc_finished(struct cm_hc_req *up, enum cm_hc_result result, long sta
         const char *labels[] = {uc->route, "incomplete_stream"};
         cm_metric_add(uc->px->m_upstream_errors, labels, 1);
     } else {
-        proxy_upstream_error(uc->px, uc->route, result, status, body, errmsg, uc->req.model,
-                             &err);
+        proxy_upstream_error(uc->px, uc->route, result, status, body, errmsg, uc->req.model, &err);
     }
     uc_fail(uc, &err);
 }

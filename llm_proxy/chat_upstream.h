@@ -25,11 +25,11 @@
 #define CHAT_UPSTREAM_HIGH_WATER (1024 * 1024)
 
 struct chat_sink_ops {
-    void (*headers_ok)(void *sink);                  /* upstream answered 200; optional */
-    void (*chunk)(void *sink, const json_t *chunk);  /* one chat.completion.chunk */
+    void (*headers_ok)(void *sink);                 /* upstream answered 200; optional */
+    void (*chunk)(void *sink, const json_t *chunk); /* one chat.completion.chunk */
     void (*done)(void *sink, const char *finish_reason, const struct chat_usage *usage);
     void (*fail)(void *sink, const struct proxy_error *err);
-    size_t (*backlog)(void *sink);                   /* bytes queued toward the client */
+    size_t (*backlog)(void *sink); /* bytes queued toward the client */
 };
 
 struct upstream_chat;

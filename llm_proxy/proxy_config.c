@@ -118,13 +118,33 @@ static const char *const log_formats[] = {"text", "json", NULL};
              1,                                                                                     \
              &(cfg)->api_key,                                                                       \
              "When set, /v1/* requires Authorization: Bearer <key>"},                               \
-            {"WS_MAX_INFLIGHT", CM_CFG_INT, "4", 1, 1024, NULL, 0, &(cfg)->ws_max_inflight,         \
+            {"WS_MAX_INFLIGHT",                                                                     \
+             CM_CFG_INT,                                                                            \
+             "4",                                                                                   \
+             1,                                                                                     \
+             1024,                                                                                  \
+             NULL,                                                                                  \
+             0,                                                                                     \
+             &(cfg)->ws_max_inflight,                                                               \
              "WebSocket: chat requests in flight per connection"},                                  \
-            {"WS_PING_INTERVAL", CM_CFG_SECONDS, "30", 0.01, 86400, NULL, 0,                        \
+            {"WS_PING_INTERVAL",                                                                    \
+             CM_CFG_SECONDS,                                                                        \
+             "30",                                                                                  \
+             0.01,                                                                                  \
+             86400,                                                                                 \
+             NULL,                                                                                  \
+             0,                                                                                     \
              &(cfg)->ws_ping_interval,                                                              \
              "WebSocket: ping idle connections this often; no pong by the next ping closes"},       \
-            {"WS_MAX_MESSAGE_BYTES", CM_CFG_BYTES, "1MiB", 1024, 268435456, NULL, 0,                \
-             &(cfg)->ws_max_message_bytes, "WebSocket: largest message accepted (close 1009 above)"}, \
+            {"WS_MAX_MESSAGE_BYTES",                                                                \
+             CM_CFG_BYTES,                                                                          \
+             "1MiB",                                                                                \
+             1024,                                                                                  \
+             268435456,                                                                             \
+             NULL,                                                                                  \
+             0,                                                                                     \
+             &(cfg)->ws_max_message_bytes,                                                          \
+             "WebSocket: largest message accepted (close 1009 above)"},                             \
             {"LOG_LEVEL",                                                                           \
              CM_CFG_ENUM,                                                                           \
              "info",                                                                                \

@@ -53,14 +53,14 @@ struct ws_session {
     struct ws_stream *streams;
     unsigned nstreams;
     struct event *ping;
-    struct event *reaper;   /* deferred destruction */
+    struct event *reaper; /* deferred destruction */
     struct event *close_timer;
-    int got_traffic;        /* a frame arrived since the last ping tick */
+    int got_traffic; /* a frame arrived since the last ping tick */
     int awaiting_pong;
     int dead;
     int draining;
     int close_queued;
-    int paused;             /* some stream waits for the output to drain */
+    int paused; /* some stream waits for the output to drain */
     struct ws_session *prev, *next;
 };
 
@@ -169,7 +169,8 @@ static void send_error(struct ws_session *s, const char *id, const struct proxy_
 {
     json_t *err = cm_oai_error(e->message, cm_oai_error_type(e->status),
                                e->param[0] ? e->param : NULL, e->code);
-    json_t *msg = json_pack("{s:s, s:o}", "type", "error", "id", id ? json_string(id) : json_null());
+    json_t *msg =
+        json_pack("{s:s, s:o}", "type", "error", "id", id ? json_string(id) : json_null());
     json_object_set(msg, "error", json_object_get(err, "error"));
     json_decref(err);
     send_json(s, msg);
@@ -295,8 +296,7 @@ static void cancel_chat(struct ws_session *s, const char *id)
     struct ws_stream *st = find_stream(s, id);
     if (!st) {
         struct proxy_error err;
-        proxy_error_set(&err, 404, "id", "unknown_id", "No request with id '%s' is in flight.",
-                        id);
+        proxy_error_set(&err, 404, "id", "unknown_id", "No request with id '%s' is in flight.", id);
         send_error(s, id, &err);
         return;
     }
@@ -339,8 +339,7 @@ static void handle_text(struct ws_session *s, const uint8_t *data, size_t len)
 
 /* ------------------------------------------------------------ wslay glue */
 
-static ssize_t recv_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, int flags,
-                       void *arg)
+static ssize_t recv_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, int flags, void *arg)
 {
     struct ws_session *s = arg;
     (void)flags;
@@ -425,7 +424,8 @@ static void write_cb(struct bufferevent *bev, void *arg)
     (void)bev;
     ws_progress(s);
     if (s->paused && !s->dead &&
-        evbuffer_get_length(bufferevent_get_output(s->bev)) + wslay_event_get_queued_msg_length(s->ctx) <
+        evbuffer_get_length(bufferevent_get_output(s->bev)) +
+                wslay_event_get_queued_msg_length(s->ctx) <
             CHAT_UPSTREAM_HIGH_WATER / 2) {
         s->paused = 0;
         for (struct ws_stream *st = s->streams; st; st = st->next)
@@ -565,8 +565,8 @@ void ws_handle_upgrade(struct cm_req *r, void *arg)
         return;
     }
     wslay_event_config_set_max_recv_msg_length(s->ctx, (uint64_t)px->cfg.ws_max_message_bytes);
-    const char *headers[] = {"Upgrade", "websocket", "Connection", "Upgrade",
-                             "Sec-WebSocket-Accept", accept, NULL};
+    const char *headers[] = {
+        "Upgrade", "websocket", "Connection", "Upgrade", "Sec-WebSocket-Accept", accept, NULL};
     s->up = cm_req_upgrade(r, headers, on_server_free, s, &s->bev);
     if (!s->up) {
         wslay_event_context_free(s->ctx);
