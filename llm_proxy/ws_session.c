@@ -19,6 +19,13 @@
  * Backpressure: a sink's backlog is the socket output plus wslay's queue;
  * over the limit the upstream transfers pause and resume once the output
  * has drained.
+ *
+ * Memory: a wslay 1.1.1 context is ~8.8 KB (two 4 KB buffers), most of an
+ * idle connection's cost. A session therefore frees its context whenever it
+ * is at a message boundary with nothing in flight (no request, nothing
+ * queued or buffered, no partial frame inside wslay: every byte handed to
+ * wslay belongs to a completed frame) and creates a fresh one on the next
+ * byte or message. wslay keeps no state across messages that this loses.
  */
 #include "chat_translate.h"
 #include "chat_upstream.h"
@@ -60,7 +67,11 @@ struct ws_session {
     int dead;
     int draining;
     int close_queued;
-    int paused; /* some stream waits for the output to drain */
+    int paused;         /* some stream waits for the output to drain */
+    int partial;        /* inside a fragmented message */
+    uint64_t fed;       /* bytes handed to wslay since the context was made */
+    uint64_t framed;    /* bytes of frames wslay has completed */
+    uint64_t frame_len; /* header + payload of the frame being received */
     struct ws_session *prev, *next;
 };
 
@@ -72,6 +83,7 @@ struct ws_stream {
 };
 
 static void ws_progress(struct ws_session *s);
+static int ensure_ctx(struct ws_session *s);
 
 /* ------------------------------------------------------------ lifecycle */
 
@@ -98,7 +110,8 @@ static void session_destroy(struct ws_session *s)
     event_free(s->ping);
     event_free(s->reaper);
     event_free(s->close_timer);
-    wslay_event_context_free(s->ctx);
+    if (s->ctx)
+        wslay_event_context_free(s->ctx);
     struct proxy *px = s->px;
     if (s->prev)
         s->prev->next = s->next;
@@ -142,6 +155,10 @@ static void session_close(struct ws_session *s, uint16_t code, const char *reaso
 {
     if (s->close_queued || s->dead)
         return;
+    if (ensure_ctx(s) != 0) {
+        session_kill(s);
+        return;
+    }
     s->close_queued = 1;
     wslay_event_queue_close(s->ctx, code, (const uint8_t *)reason, strlen(reason));
     struct timeval tv = {WS_CLOSE_WAIT_S, 0};
@@ -149,11 +166,39 @@ static void session_close(struct ws_session *s, uint16_t code, const char *reaso
     ws_progress(s);
 }
 
+static const struct wslay_event_callbacks *ws_callbacks(void);
+
+/* The wslay context, created on demand (see "Memory" above). */
+static int ensure_ctx(struct ws_session *s)
+{
+    if (s->ctx)
+        return 0;
+    if (wslay_event_context_server_init(&s->ctx, ws_callbacks(), s) != 0) {
+        s->ctx = NULL;
+        return -1;
+    }
+    wslay_event_config_set_max_recv_msg_length(s->ctx, (uint64_t)s->px->cfg.ws_max_message_bytes);
+    s->fed = s->framed = 0;
+    return 0;
+}
+
+static void maybe_hibernate(struct ws_session *s)
+{
+    if (!s->ctx || s->dead || s->partial || s->fed != s->framed || s->nstreams || s->close_queued ||
+        !wslay_event_want_read(s->ctx) || wslay_event_want_write(s->ctx) ||
+        wslay_event_get_queued_msg_count(s->ctx) ||
+        evbuffer_get_length(bufferevent_get_input(s->bev)) ||
+        evbuffer_get_length(bufferevent_get_output(s->bev)))
+        return;
+    wslay_event_context_free(s->ctx);
+    s->ctx = NULL;
+}
+
 /* ------------------------------------------------------------ sending */
 
 static void send_json(struct ws_session *s, json_t *msg)
 {
-    if (s->dead) {
+    if (s->dead || ensure_ctx(s) != 0) {
         json_decref(msg);
         return;
     }
@@ -221,7 +266,7 @@ static size_t sink_backlog(void *arg)
     struct ws_stream *st = arg;
     struct ws_session *s = st->s;
     size_t b = evbuffer_get_length(bufferevent_get_output(s->bev)) +
-               wslay_event_get_queued_msg_length(s->ctx);
+               (s->ctx ? wslay_event_get_queued_msg_length(s->ctx) : 0);
     if (b > CHAT_UPSTREAM_HIGH_WATER)
         s->paused = 1;
     return b;
@@ -348,6 +393,7 @@ static ssize_t recv_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, in
         wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
         return -1;
     }
+    s->fed += (uint64_t)n;
     return n;
 }
 
@@ -366,6 +412,26 @@ static ssize_t send_cb(wslay_event_context_ptr ctx, const uint8_t *data, size_t 
         return -1;
     }
     return (ssize_t)len;
+}
+
+static void frame_start_cb(wslay_event_context_ptr ctx,
+                           const struct wslay_event_on_frame_recv_start_arg *f, void *arg)
+{
+    struct ws_session *s = arg;
+    (void)ctx;
+    /* Client frames are masked: 2 + extended length + 4 bytes of header. */
+    uint64_t ext = f->payload_length <= 125 ? 0 : f->payload_length <= 65535 ? 2 : 8;
+    s->frame_len = 2 + ext + 4 + f->payload_length;
+    if (f->opcode == WSLAY_TEXT_FRAME || f->opcode == WSLAY_BINARY_FRAME)
+        s->partial = !f->fin;
+}
+
+static void frame_end_cb(wslay_event_context_ptr ctx, void *arg)
+{
+    struct ws_session *s = arg;
+    (void)ctx;
+    s->framed += s->frame_len;
+    s->frame_len = 0;
 }
 
 static void on_msg_cb(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_recv_arg *m,
@@ -397,6 +463,12 @@ static void ws_progress(struct ws_session *s)
     if (s->dead)
         return;
     struct evbuffer *in = bufferevent_get_input(s->bev);
+    if (!s->ctx && evbuffer_get_length(in) == 0)
+        return; /* hibernating and nothing to do */
+    if (ensure_ctx(s) != 0) {
+        session_kill(s);
+        return;
+    }
     if (wslay_event_want_read(s->ctx) && evbuffer_get_length(in) > 0) {
         if (wslay_event_recv(s->ctx) != 0) {
             session_kill(s);
@@ -408,8 +480,11 @@ static void ws_progress(struct ws_session *s)
         return;
     }
     if (!wslay_event_want_read(s->ctx) && !wslay_event_want_write(s->ctx) &&
-        evbuffer_get_length(bufferevent_get_output(s->bev)) == 0)
+        evbuffer_get_length(bufferevent_get_output(s->bev)) == 0) {
         session_kill(s); /* close handshake done and flushed */
+        return;
+    }
+    maybe_hibernate(s);
 }
 
 static void read_cb(struct bufferevent *bev, void *arg)
@@ -451,12 +526,26 @@ static void ping_cb(evutil_socket_t fd, short what, void *arg)
         return;
     }
     if (!s->got_traffic) {
+        if (ensure_ctx(s) != 0) {
+            session_kill(s);
+            return;
+        }
         struct wslay_event_msg m = {WSLAY_PING, (const uint8_t *)"", 0};
         wslay_event_queue_msg(s->ctx, &m);
         s->awaiting_pong = 1;
         ws_progress(s);
     }
     s->got_traffic = 0;
+}
+
+static const struct wslay_event_callbacks *ws_callbacks(void)
+{
+    static const struct wslay_event_callbacks cbs = {.recv_callback = recv_cb,
+                                                     .send_callback = send_cb,
+                                                     .on_frame_recv_start_callback = frame_start_cb,
+                                                     .on_frame_recv_end_callback = frame_end_cb,
+                                                     .on_msg_recv_callback = on_msg_cb};
+    return &cbs;
 }
 
 static void on_server_free(struct cm_upgraded *up, void *arg)
@@ -557,19 +646,10 @@ void ws_handle_upgrade(struct cm_req *r, void *arg)
     struct ws_session *s = cm_xcalloc(1, sizeof *s);
     s->px = px;
     snprintf(s->req_id, sizeof s->req_id, "%s", cm_req_id(r));
-    static const struct wslay_event_callbacks cbs = {
-        .recv_callback = recv_cb, .send_callback = send_cb, .on_msg_recv_callback = on_msg_cb};
-    if (wslay_event_context_server_init(&s->ctx, &cbs, s) != 0) {
-        free(s);
-        cm_req_reply_error(r, 500, "server_error", "Out of memory.", NULL, NULL);
-        return;
-    }
-    wslay_event_config_set_max_recv_msg_length(s->ctx, (uint64_t)px->cfg.ws_max_message_bytes);
     const char *headers[] = {
         "Upgrade", "websocket", "Connection", "Upgrade", "Sec-WebSocket-Accept", accept, NULL};
     s->up = cm_req_upgrade(r, headers, on_server_free, s, &s->bev);
     if (!s->up) {
-        wslay_event_context_free(s->ctx);
         free(s);
         return;
     }

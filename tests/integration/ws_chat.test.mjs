@@ -253,6 +253,19 @@ describe('protocol', () => {
   });
 });
 
+test('a message trickling in byte by byte, around idle periods, is assembled', async () => {
+  const sock = await rawSocket(proxy);
+  sock.setNoDelay(true);
+  const bytes = frame(0x1, JSON.stringify({ type: 'cancel', id: 'trickle' }));
+  for (const b of bytes) {
+    sock.write(Buffer.from([b]));
+    await new Promise((r) => setImmediate(r));
+  }
+  let buf = sock.rest;
+  while (!buf.includes('unknown_id')) buf = Buffer.concat([buf, (await once(sock, 'data'))[0]]);
+  sock.destroy();
+});
+
 describe('close codes', () => {
   test('binary frame → 1003', async () => {
     const ws = await connect(proxy);
