@@ -30,6 +30,7 @@
 #include "chat_translate.h"
 #include "chat_upstream.h"
 #include "proxy.h"
+#include "ws_message.h"
 
 #include "cm_alloc.h"
 #include "cm_json.h"
@@ -46,7 +47,6 @@
 #include <wslay/wslay.h>
 
 #define WS_GUID "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-#define WS_MAX_ID 128
 #define WS_CLOSE_WAIT_S 2
 
 struct ws_stream;
@@ -285,8 +285,9 @@ static struct ws_stream *find_stream(struct ws_session *s, const char *id)
     return NULL;
 }
 
-static void start_chat(struct ws_session *s, const char *id, json_t *msg)
+static void start_chat(struct ws_session *s, const struct ws_client_msg *m)
 {
+    const char *id = m->id;
     struct proxy_error err;
     if (s->draining) {
         proxy_error_set(&err, 503, NULL, "shutting_down",
@@ -307,10 +308,7 @@ static void start_chat(struct ws_session *s, const char *id, json_t *msg)
         send_error(s, id, &err);
         return;
     }
-    json_t *oai = json_deep_copy(msg);
-    json_object_del(oai, "type");
-    json_object_del(oai, "id");
-    json_object_set_new(oai, "stream", json_true());
+    json_t *oai = ws_message_chat_request(m);
     struct chat_request req;
     int rc = chat_request_translate(oai, &req, &err);
     json_decref(oai);
@@ -356,30 +354,17 @@ static void cancel_chat(struct ws_session *s, const char *id)
 static void handle_text(struct ws_session *s, const uint8_t *data, size_t len)
 {
     struct proxy_error err;
-    char jerr[160];
-    json_t *msg = cm_json_parse((const char *)data, len, jerr, sizeof jerr);
-    if (!json_is_object(msg)) {
-        proxy_error_set(&err, 400, NULL, "invalid_json", "The message is not a JSON object%s%s.",
-                        msg ? "" : ": ", msg ? "" : jerr);
-        json_decref(msg);
-        send_error(s, NULL, &err);
+    struct ws_client_msg m;
+    char bad_id[WS_MAX_ID + 1];
+    if (ws_message_parse((const char *)data, len, &m, &err, bad_id, sizeof bad_id) != 0) {
+        send_error(s, bad_id[0] ? bad_id : NULL, &err);
         return;
     }
-    const char *type = cm_json_str(msg, "type");
-    const char *id = cm_json_str(msg, "id");
-    if (!id || !*id || strlen(id) > WS_MAX_ID) {
-        proxy_error_set(&err, 400, "id", "invalid_id",
-                        "'id' must be a non-empty string of at most %d characters.", WS_MAX_ID);
-        send_error(s, NULL, &err);
-    } else if (type && strcmp(type, "chat") == 0) {
-        start_chat(s, id, msg);
-    } else if (type && strcmp(type, "cancel") == 0) {
-        cancel_chat(s, id);
-    } else {
-        proxy_error_set(&err, 400, "type", "invalid_type", "'type' must be 'chat' or 'cancel'.");
-        send_error(s, id, &err);
-    }
-    json_decref(msg);
+    if (m.type == WS_MSG_CHAT)
+        start_chat(s, &m);
+    else
+        cancel_chat(s, m.id);
+    json_decref(m.msg);
 }
 
 /* ------------------------------------------------------------ wslay glue */
