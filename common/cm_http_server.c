@@ -467,6 +467,19 @@ void cm_req_stream_end(struct cm_req *r)
     req_finish(r);
 }
 
+void cm_req_stream_abort(struct cm_req *r)
+{
+    if (r->state != REQ_STREAMING)
+        return;
+    struct evhttp_connection *evcon = evhttp_request_get_connection(r->req);
+    r->aborted = 1;
+    req_finish(r);
+    if (evcon) {
+        evhttp_connection_set_closecb(evcon, NULL, NULL);
+        evhttp_connection_free(evcon); /* frees the unfinished request too */
+    }
+}
+
 /* ---------------------------------------------------------------- takeover */
 
 struct cm_upgraded *cm_req_upgrade(struct cm_req *r, const char *const *headers,

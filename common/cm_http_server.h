@@ -137,6 +137,9 @@ size_t cm_req_stream_backlog(const struct cm_req *r);
 void cm_req_stream_on_drain(struct cm_req *r, cm_req_drain_cb cb, void *arg);
 /* Ends the chunked reply and frees the request. */
 void cm_req_stream_end(struct cm_req *r);
+/* Drops the connection of a streaming reply without ending it (the client
+ * sees a cut-off response); frees the request. For fault injection. */
+void cm_req_stream_abort(struct cm_req *r);
 
 /* --- connection takeover (WebSocket) ---
  *

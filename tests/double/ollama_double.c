@@ -9,6 +9,8 @@
  *   @hang-after-first  stream one line, then nothing
  *   @error-mid       stream two lines, then {"error":...} (status stays 200)
  *   @truncate        stream two lines, then end without the final line
+ *   @garbage         stream one line, then a line that is not JSON
+ *   @cut             stream one line, then half a line and drop the connection
  *   @status=NNN      answer NNN with {"error":"injected failure NNN"}
  *   @gate            stream: each line after the first waits for
  *                    POST /_double/release
@@ -245,7 +247,15 @@ static void waiter_abort(struct cm_req *r, void *arg)
 
 /* ------------------------------------------------------------ chat */
 
-enum mode { MODE_NORMAL, MODE_HANG, MODE_HANG_AFTER_FIRST, MODE_ERROR_MID, MODE_TRUNCATE };
+enum mode {
+    MODE_NORMAL,
+    MODE_HANG,
+    MODE_HANG_AFTER_FIRST,
+    MODE_ERROR_MID,
+    MODE_TRUNCATE,
+    MODE_GARBAGE,
+    MODE_CUT
+};
 
 struct stream {
     struct stream *next;
@@ -294,6 +304,18 @@ static void stream_tick(evutil_socket_t fd, short what, void *arg)
     if (s->sent >= json_array_size(s->lines)) {
         if (s->mode == MODE_HANG_AFTER_FIRST)
             return; /* stay silent until the client leaves */
+        if (s->mode == MODE_GARBAGE) {
+            cm_req_stream_write(s->r, "this is not json\n", 17);
+            cm_req_stream_end(s->r);
+            stream_remove(s);
+            return;
+        }
+        if (s->mode == MODE_CUT) {
+            cm_req_stream_write(s->r, "{\"model\":\"qwen3:8b\",\"mess", 27);
+            cm_req_stream_abort(s->r);
+            stream_remove(s);
+            return;
+        }
         cm_req_stream_end(s->r);
         stream_remove(s);
         return;
@@ -609,6 +631,11 @@ static void handle_chat(struct cm_req *r, void *arg)
     enum mode mode = MODE_NORMAL;
     if (strstr(text, "@hang-after-first")) {
         mode = MODE_HANG_AFTER_FIRST;
+        json_array_remove(lines, json_array_size(lines) - 1);
+        while (json_array_size(lines) > 1)
+            json_array_remove(lines, 1);
+    } else if (strstr(text, "@garbage") || strstr(text, "@cut")) {
+        mode = strstr(text, "@garbage") ? MODE_GARBAGE : MODE_CUT;
         json_array_remove(lines, json_array_size(lines) - 1);
         while (json_array_size(lines) > 1)
             json_array_remove(lines, 1);

@@ -40,21 +40,49 @@ function runPg(bin, args, opts = {}) {
   return execFileSync(cmd[0], cmd[1], { stdio: ['ignore', 'pipe', 'pipe'], ...opts });
 }
 
-export async function start(dir) {
+function startRedis(port, redisDir, persistent) {
+  execFileSync('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--daemonize', 'yes',
+    '--dir', redisDir, '--pidfile', path.join(redisDir, 'redis.pid'), '--logfile', path.join(redisDir, 'redis.log'),
+    '--save', '', '--databases', '64',
+    ...(persistent ? ['--appendonly', 'yes', '--appendfsync', 'always'] : ['--appendonly', 'no'])]);
+}
+
+async function waitRedis(port) {
+  for (let i = 0; ; i++) {
+    const r = spawnSync('redis-cli', ['-p', String(port), 'PING'], { encoding: 'utf8' });
+    if (r.stdout.trim() === 'PONG') return;
+    if (i > 400) throw new Error('redis did not start');
+    await new Promise((res) => setTimeout(res, 25));
+  }
+}
+
+function pgCtlStart(s) {
+  runPg('pg_ctl', ['-D', s.pgData, '-w', '-l', path.join(s.pgData, 'server.log'), '-o',
+    `-p ${s.pgPort} -k ${s.pgData} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200`, 'start']);
+}
+
+// Crash-restarts (kill -9, then start again on the same port and data).
+export async function restartRedis(s) {
+  const pid = Number(fs.readFileSync(path.join(s.redisDir, 'redis.pid'), 'utf8'));
+  process.kill(pid, 'SIGKILL');
+  while (spawnSync('redis-cli', ['-p', String(s.redisPort), 'PING'], { encoding: 'utf8' }).stdout.trim() === 'PONG');
+  startRedis(s.redisPort, s.redisDir, s.persistent);
+  await waitRedis(s.redisPort);
+}
+
+export function restartPostgres(s) {
+  runPg('pg_ctl', ['-D', s.pgData, '-m', 'immediate', '-w', 'stop']);
+  pgCtlStart(s);
+}
+
+export async function start(dir, { persistent = false } = {}) {
   fs.rmSync(dir, { recursive: true, force: true });
   fs.mkdirSync(dir, { recursive: true, mode: 0o755 });
   const redisPort = await freePort();
   const redisDir = path.join(dir, 'redis');
   fs.mkdirSync(redisDir);
-  execFileSync('redis-server', ['--port', String(redisPort), '--bind', '127.0.0.1', '--daemonize', 'yes',
-    '--dir', redisDir, '--pidfile', path.join(redisDir, 'redis.pid'), '--logfile', path.join(redisDir, 'redis.log'),
-    '--save', '', '--appendonly', 'no', '--databases', '64']);
-  for (let i = 0; ; i++) {
-    const r = spawnSync('redis-cli', ['-p', String(redisPort), 'PING'], { encoding: 'utf8' });
-    if (r.stdout.trim() === 'PONG') break;
-    if (i > 200) throw new Error('redis did not start');
-    await new Promise((res) => setTimeout(res, 25));
-  }
+  startRedis(redisPort, redisDir, persistent);
+  await waitRedis(redisPort);
 
   const pgPort = await freePort();
   // Under the system temp dir: the postgres account may not be able to
@@ -63,10 +91,9 @@ export async function start(dir) {
   fs.chmodSync(pgData, 0o700);
   if (asRoot) execFileSync('chown', ['-R', 'postgres:postgres', pgData]);
   runPg('initdb', ['-D', pgData, '-U', 'memory', '-A', 'trust', '--no-sync', '-E', 'UTF8', '--locale=C']);
+  const state = { redisPort, redisDir, pgPort, pgData, persistent };
   // pg_ctl -w waits until the server accepts connections.
-  runPg('pg_ctl', ['-D', pgData, '-w', '-l', path.join(pgData, 'server.log'), '-o',
-    `-p ${pgPort} -k ${pgData} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200`, 'start']);
-  const state = { redisPort, redisDir, pgPort, pgData };
+  pgCtlStart(state);
   fs.writeFileSync(path.join(dir, 'services.json'), JSON.stringify(state));
   return state;
 }
