@@ -88,6 +88,7 @@ struct cm_http_server {
     struct cm_req *dispatching; /* request whose route callback is running */
     struct cm_upgraded *upgraded;
     unsigned nupgraded;
+    unsigned flushing; /* replies handed to evhttp and not yet written out */
     cm_req_done_cb done_cb;
     void *done_arg;
 };
@@ -302,6 +303,24 @@ static void stream_close_cb(struct evhttp_connection *evcon, void *arg)
 
 /* ---------------------------------------------------------------- replies */
 
+/* evhttp calls this once a reply has been written completely; until then a
+ * graceful shutdown must not close the connection. */
+static void reply_flushed_cb(struct evhttp_request *req, void *arg)
+{
+    struct cm_http_server *srv = arg;
+    (void)req;
+    if (srv->flushing)
+        srv->flushing--;
+}
+
+static void track_flush(struct cm_req *r)
+{
+    if (!r->counted)
+        return; /* health/metrics replies do not hold a shutdown */
+    r->srv->flushing++;
+    evhttp_request_set_on_complete_cb(r->req, reply_flushed_cb, r->srv);
+}
+
 static const char *reason_phrase(int status)
 {
     switch (status) {
@@ -351,6 +370,7 @@ void cm_req_reply_buffer(struct cm_req *r, int status, const char *content_type,
     evhttp_add_header(h, "Content-Type", content_type);
     r->status = status;
     stop_watch(r);
+    track_flush(r);
     evhttp_send_reply(r->req, status, reason_phrase(status), buf);
     req_finish(r);
 }
@@ -462,6 +482,7 @@ void cm_req_stream_end(struct cm_req *r)
         struct bufferevent *bev = evhttp_connection_get_bufferevent(evcon);
         struct timeval t = {(time_t)r->srv->opts.idle_timeout_s, 0};
         bufferevent_set_timeouts(bev, &t, &t);
+        track_flush(r);
     }
     evhttp_send_reply_end(r->req);
     req_finish(r);
@@ -972,7 +993,9 @@ int cm_http_server_draining(const struct cm_http_server *srv)
 
 unsigned cm_http_server_inflight(const struct cm_http_server *srv)
 {
-    return srv->inflight;
+    /* A reply still being written counts: closing now would cut it. (If its
+     * client vanishes mid-write the count stays until SHUTDOWN_GRACE.) */
+    return srv->inflight + srv->flushing;
 }
 
 void cm_http_server_free(struct cm_http_server *srv)

@@ -84,7 +84,8 @@ int cm_http_server_port(const struct cm_http_server *srv);
  * Connection: close; requests in flight continue. */
 void cm_http_server_drain(struct cm_http_server *srv);
 int cm_http_server_draining(const struct cm_http_server *srv);
-/* Requests accepted and not finished (DRAIN_OK routes excluded). */
+/* Requests accepted and not finished, or whose reply is still being
+ * written (DRAIN_OK routes excluded). */
 unsigned cm_http_server_inflight(const struct cm_http_server *srv);
 
 /* --- request accessors --- */

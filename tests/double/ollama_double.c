@@ -311,7 +311,8 @@ static void stream_tick(evutil_socket_t fd, short what, void *arg)
             return;
         }
         if (s->mode == MODE_CUT) {
-            cm_req_stream_write(s->r, "{\"model\":\"qwen3:8b\",\"mess", 27);
+            static const char half[] = "{\"model\":\"qwen3:8b\",\"mess";
+            cm_req_stream_write(s->r, half, sizeof half - 1);
             cm_req_stream_abort(s->r);
             stream_remove(s);
             return;

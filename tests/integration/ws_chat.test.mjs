@@ -53,26 +53,35 @@ async function connect(p, opts = {}, q = '') {
 
 const chat = (id, content, extra = {}) => ({ type: 'chat', id, model: 'qwen3:8b', messages: [{ role: 'user', content }], ...extra });
 
-// Raw handshake, then raw frames.
+// Raw handshake, then raw frames. Everything received is kept in sock.buf
+// (a persistent listener, so nothing is lost between awaits).
 async function rawSocket(p) {
   const sock = net.connect(p.port, '127.0.0.1');
   await once(sock, 'connect');
+  sock.buf = Buffer.alloc(0);
+  sock.closedFlag = false;
+  const waiters = [];
+  const wake = () => { while (waiters.length) waiters.shift()(); };
+  sock.on('data', (d) => { sock.buf = Buffer.concat([sock.buf, d]); wake(); });
+  sock.on('close', () => { sock.closedFlag = true; wake(); });
+  // Resolves once pred(sock.buf) holds, or with false when the socket closes first.
+  sock.waitFor = async (pred) => {
+    for (;;) {
+      if (pred(sock.buf)) return true;
+      if (sock.closedFlag) return false;
+      await new Promise((r) => waiters.push(r));
+    }
+  };
   const key = crypto.randomBytes(16).toString('base64');
   sock.write(`GET /ws/chat HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Key: ${key}\r\nSec-WebSocket-Version: 13\r\n\r\n`);
-  let buf = Buffer.alloc(0);
-  for (;;) {
-    const [d] = await once(sock, 'data');
-    buf = Buffer.concat([buf, d]);
-    const i = buf.indexOf('\r\n\r\n');
-    if (i >= 0) {
-      const head = buf.slice(0, i).toString();
-      assert.match(head, /^HTTP\/1\.1 101/);
-      const accept = crypto.createHash('sha1').update(key + '258EAFA5-E914-47DA-95CA-C5AB0DC85B11').digest('base64');
-      assert.match(head, new RegExp(`Sec-WebSocket-Accept: ${accept.replace(/[+/]/g, '\\$&')}`, 'i'));
-      sock.rest = buf.slice(i + 4);
-      return sock;
-    }
-  }
+  await sock.waitFor((b) => b.includes('\r\n\r\n'));
+  const i = sock.buf.indexOf('\r\n\r\n');
+  const head = sock.buf.slice(0, i).toString();
+  assert.match(head, /^HTTP\/1\.1 101/);
+  const accept = crypto.createHash('sha1').update(key + '258EAFA5-E914-47DA-95CA-C5AB0DC85B11').digest('base64');
+  assert.match(head, new RegExp(`Sec-WebSocket-Accept: ${accept.replace(/[+/]/g, '\\$&')}`, 'i'));
+  sock.buf = sock.buf.slice(i + 4);
+  return sock;
 }
 
 function frame(opcode, payload, { mask = true, fin = true } = {}) {
@@ -83,22 +92,25 @@ function frame(opcode, payload, { mask = true, fin = true } = {}) {
   return Buffer.concat([Buffer.from(head), mask ? key : Buffer.alloc(0), body]);
 }
 
-// Reads until the server's close frame; returns its status code.
+// The status code of the server's close frame (null if the socket closed without one).
 async function closeCode(sock) {
-  let buf = sock.rest || Buffer.alloc(0);
-  for (;;) {
-    while (buf.length >= 2) {
-      const op = buf[0] & 0x0f;
-      const len = buf[1] & 0x7f;
-      if (len > 125) throw new Error('long frame in test reader');
-      if (buf.length < 2 + len) break;
-      if (op === 0x8) return buf.readUInt16BE(2);
-      buf = buf.slice(2 + len);
+  let code = null;
+  const find = (buf) => {
+    let off = 0;
+    while (buf.length - off >= 2) {
+      const op = buf[off] & 0x0f;
+      const len = buf[off + 1] & 0x7f;
+      if (len > 125 || buf.length - off < 2 + len) return false;
+      if (op === 0x8) {
+        code = buf.readUInt16BE(off + 2);
+        return true;
+      }
+      off += 2 + len;
     }
-    const r = await Promise.race([once(sock, 'data'), once(sock, 'close').then(() => null)]);
-    if (!r) return null;
-    buf = Buffer.concat([buf, r[0]]);
-  }
+    return false;
+  };
+  await sock.waitFor(find);
+  return code;
 }
 
 describe('handshake', () => {
@@ -123,10 +135,9 @@ describe('handshake', () => {
   test('raw handshake: Connection token list, accept hash; frames right behind it are processed', async () => {
     const sock = await rawSocket(proxy);
     sock.write(frame(0x9, 'hi')); // ping
-    let buf = sock.rest;
-    while (buf.length < 4) buf = Buffer.concat([buf, (await once(sock, 'data'))[0]]);
-    assert.equal(buf[0] & 0x0f, 0xA, 'pong');
-    assert.equal(buf.slice(2, 4).toString(), 'hi');
+    await sock.waitFor((b) => b.length >= 4);
+    assert.equal(sock.buf[0] & 0x0f, 0xA, 'pong');
+    assert.equal(sock.buf.slice(2, 4).toString(), 'hi');
     sock.destroy();
   });
 
@@ -261,8 +272,7 @@ test('a message trickling in byte by byte, around idle periods, is assembled', a
     sock.write(Buffer.from([b]));
     await new Promise((r) => setImmediate(r));
   }
-  let buf = sock.rest;
-  while (!buf.includes('unknown_id')) buf = Buffer.concat([buf, (await once(sock, 'data'))[0]]);
+  assert.ok(await sock.waitFor((b) => b.includes('unknown_id')));
   sock.destroy();
 });
 
@@ -303,9 +313,9 @@ describe('liveness', () => {
     const ws = await connect(tight);
     await once(ws, 'ping'); // ws answers with a pong by itself
     const sock = await rawSocket(tight); // never answers pings
-    const [d] = await once(sock, 'data');
-    assert.equal(d[0] & 0x0f, 0x9, 'ping');
-    await once(sock, 'close');
+    await sock.waitFor((b) => b.length >= 2);
+    assert.equal(sock.buf[0] & 0x0f, 0x9, 'ping');
+    assert.equal(await sock.waitFor(() => false), false, 'closed by the server');
     assert.equal(ws.readyState, WebSocket.OPEN, 'the answering client stays');
     ws.close();
   });
