@@ -25,7 +25,16 @@ struct cm_hc {
     unsigned npool;
     struct event *timer;
     struct cm_hc_req *reqs; /* doubly linked list of running transfers */
-    unsigned active;
+    unsigned active;        /* transfers started and not finished (running + queued) */
+    unsigned running;       /* transfers added to curl */
+    unsigned max_running;   /* 0 = no limit */
+    unsigned max_queued;
+    double queue_timeout_s;
+    struct cm_hc_req *qhead, *qtail; /* FIFO of transfers waiting for a slot */
+    unsigned nqueued;
+    struct event *pump; /* starts queued transfers from a clean stack */
+    int refused;        /* the last cm_hc_start() found the queue full */
+    int running_frozen; /* being freed: do not start queued transfers */
 };
 
 struct cm_hc_req {
@@ -45,6 +54,11 @@ struct cm_hc_req {
     int too_large;
     int timed_out;
     int connected; /* a connection (new or reused) was ready for the request */
+    int queued;    /* waiting in hc's FIFO, not yet added to curl */
+    int added;     /* added to curl's multi handle */
+    double first_byte_timeout_s;
+    struct event *queue_timer;
+    struct cm_hc_req *qnext, *qprev;
     double idle_timeout_s;
     struct event *first_byte_timer;
     struct event *idle_timer;
@@ -82,6 +96,8 @@ const char *cm_hc_result_name(enum cm_hc_result r)
         return "too_large";
     case CM_HC_ERR_IO:
         return "io";
+    case CM_HC_ERR_QUEUE_TIMEOUT:
+        return "queue_timeout";
     }
     return "unknown";
 }
@@ -155,9 +171,38 @@ static int multi_sock_cb(CURL *easy, curl_socket_t s, int what, void *arg, void 
 
 /* ------------------------------------------------------------ lifecycle */
 
+static void queue_remove(struct cm_hc_req *req)
+{
+    struct cm_hc *hc = req->hc;
+    if (!req->queued)
+        return;
+    if (req->qprev)
+        req->qprev->qnext = req->qnext;
+    else
+        hc->qhead = req->qnext;
+    if (req->qnext)
+        req->qnext->qprev = req->qprev;
+    else
+        hc->qtail = req->qprev;
+    req->qnext = req->qprev = NULL;
+    req->queued = 0;
+    hc->nqueued--;
+}
+
 static void req_unlink_free(struct cm_hc_req *req)
 {
     struct cm_hc *hc = req->hc;
+    queue_remove(req);
+    if (req->added) {
+        req->added = 0;
+        hc->running--;
+        if (hc->qhead && !hc->running_frozen) {
+            struct timeval zero = {0, 0};
+            event_add(hc->pump, &zero);
+        }
+    }
+    if (req->queue_timer)
+        event_free(req->queue_timer);
     if (req->easy) {
         curl_multi_remove_handle(hc->multi, req->easy);
         if (hc->npool < EASY_POOL_MAX) {
@@ -187,7 +232,8 @@ static void req_unlink_free(struct cm_hc_req *req)
 static void finish(struct cm_hc_req *req, enum cm_hc_result result, const char *errmsg)
 {
     /* Detach from curl first so the callback may start new transfers. */
-    curl_multi_remove_handle(req->hc->multi, req->easy);
+    if (req->added)
+        curl_multi_remove_handle(req->hc->multi, req->easy);
     if (!req->cancelled && req->cbs.on_done) {
         req->in_callback++;
         req->cbs.on_done(req, result, req->status, req->body, errmsg, req->arg);
@@ -332,6 +378,68 @@ static size_t write_cb(char *data, size_t size, size_t n, void *arg)
     return len;
 }
 
+/* ------------------------------------------------------------ queue */
+
+static int activate(struct cm_hc_req *req)
+{
+    struct cm_hc *hc = req->hc;
+    queue_remove(req);
+    if (req->queue_timer)
+        evtimer_del(req->queue_timer);
+    if (req->first_byte_timeout_s > 0) {
+        req->first_byte_timer = evtimer_new(hc->base, app_timeout_cb, req);
+        struct timeval tv = tv_from_s(req->first_byte_timeout_s);
+        evtimer_add(req->first_byte_timer, &tv);
+    }
+    CURLMcode mc = curl_multi_add_handle(hc->multi, req->easy);
+    if (mc != CURLM_OK) {
+        CM_ERROR(NULL, "upstream_start_failed", "%s", curl_multi_strerror(mc));
+        return -1;
+    }
+    req->added = 1;
+    hc->running++;
+    return 0;
+}
+
+static void pump_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct cm_hc *hc = arg;
+    (void)fd;
+    (void)what;
+    while (hc->qhead && (!hc->max_running || hc->running < hc->max_running)) {
+        struct cm_hc_req *req = hc->qhead;
+        if (activate(req) != 0)
+            finish(req, CM_HC_ERR_IO, "could not start the transfer");
+    }
+}
+
+static void queue_timeout_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct cm_hc_req *req = arg;
+    (void)fd;
+    (void)what;
+    queue_remove(req);
+    finish(req, CM_HC_ERR_QUEUE_TIMEOUT, "waited too long for a free upstream slot");
+}
+
+void cm_hc_set_limits(struct cm_hc *hc, unsigned max_running, unsigned max_queued,
+                      double queue_timeout_s)
+{
+    hc->max_running = max_running;
+    hc->max_queued = max_queued;
+    hc->queue_timeout_s = queue_timeout_s;
+}
+
+int cm_hc_refused(const struct cm_hc *hc)
+{
+    return hc->refused;
+}
+
+unsigned cm_hc_queued(const struct cm_hc *hc)
+{
+    return hc->nqueued;
+}
+
 /* ------------------------------------------------------------ public */
 
 struct cm_hc *cm_hc_new(struct event_base *base)
@@ -340,6 +448,7 @@ struct cm_hc *cm_hc_new(struct event_base *base)
     hc->base = base;
     hc->multi = curl_multi_init();
     hc->timer = evtimer_new(base, timer_cb, hc);
+    hc->pump = evtimer_new(base, pump_cb, hc);
     curl_multi_setopt(hc->multi, CURLMOPT_SOCKETFUNCTION, multi_sock_cb);
     curl_multi_setopt(hc->multi, CURLMOPT_SOCKETDATA, hc);
     curl_multi_setopt(hc->multi, CURLMOPT_TIMERFUNCTION, multi_timer_cb);
@@ -352,6 +461,7 @@ void cm_hc_free(struct cm_hc *hc)
 {
     if (!hc)
         return;
+    hc->running_frozen = 1;
     while (hc->reqs) {
         hc->reqs->cancelled = 1;
         req_unlink_free(hc->reqs);
@@ -360,6 +470,7 @@ void cm_hc_free(struct cm_hc *hc)
         curl_easy_cleanup(hc->pool[--hc->npool]);
     curl_multi_cleanup(hc->multi);
     event_free(hc->timer);
+    event_free(hc->pump);
     free(hc);
 }
 
@@ -371,6 +482,11 @@ unsigned cm_hc_active(const struct cm_hc *hc)
 struct cm_hc_req *cm_hc_start(struct cm_hc *hc, const struct cm_hc_opts *o,
                               const struct cm_hc_callbacks *cbs, void *arg)
 {
+    hc->refused = 0;
+    if (hc->max_running && hc->running >= hc->max_running && hc->nqueued >= hc->max_queued) {
+        hc->refused = 1;
+        return NULL;
+    }
     struct cm_hc_req *req = cm_xcalloc(1, sizeof *req);
     req->hc = hc;
     req->cbs = *cbs;
@@ -421,11 +537,7 @@ struct cm_hc_req *cm_hc_start(struct cm_hc *hc, const struct cm_hc_opts *o,
     }
     curl_easy_setopt(e, CURLOPT_HTTPHEADER, req->headers);
 
-    if (o->first_byte_timeout_s > 0) {
-        req->first_byte_timer = evtimer_new(hc->base, app_timeout_cb, req);
-        struct timeval tv = tv_from_s(o->first_byte_timeout_s);
-        evtimer_add(req->first_byte_timer, &tv);
-    }
+    req->first_byte_timeout_s = o->first_byte_timeout_s;
     if (o->idle_timeout_s > 0) {
         req->idle_timeout_s = o->idle_timeout_s;
         req->idle_timer = evtimer_new(hc->base, app_timeout_cb, req);
@@ -436,9 +548,24 @@ struct cm_hc_req *cm_hc_start(struct cm_hc *hc, const struct cm_hc_opts *o,
         hc->reqs->prev = req;
     hc->reqs = req;
     hc->active++;
-    CURLMcode mc = curl_multi_add_handle(hc->multi, e);
-    if (mc != CURLM_OK) {
-        CM_ERROR(o->request_id, "upstream_start_failed", "%s", curl_multi_strerror(mc));
+    if (hc->max_running && hc->running >= hc->max_running) {
+        /* Wait for a slot; the transfer's own timeouts start with it. */
+        req->queued = 1;
+        req->qprev = hc->qtail;
+        if (hc->qtail)
+            hc->qtail->qnext = req;
+        else
+            hc->qhead = req;
+        hc->qtail = req;
+        hc->nqueued++;
+        if (hc->queue_timeout_s > 0) {
+            req->queue_timer = evtimer_new(hc->base, queue_timeout_cb, req);
+            struct timeval tv = tv_from_s(hc->queue_timeout_s);
+            evtimer_add(req->queue_timer, &tv);
+        }
+        return req;
+    }
+    if (activate(req) != 0) {
         req->cancelled = 1;
         req_unlink_free(req);
         return NULL;

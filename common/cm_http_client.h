@@ -33,10 +33,11 @@ struct cm_hc_req;
 
 enum cm_hc_result {
     CM_HC_OK = 0,
-    CM_HC_ERR_CONNECT,   /* could not connect / resolve / connect timeout */
-    CM_HC_ERR_TIMEOUT,   /* total, first-byte or idle timeout */
-    CM_HC_ERR_TOO_LARGE, /* buffered response over max_response_bytes */
-    CM_HC_ERR_IO,        /* connection failed after it was established */
+    CM_HC_ERR_CONNECT,       /* could not connect / resolve / connect timeout */
+    CM_HC_ERR_TIMEOUT,       /* total, first-byte or idle timeout */
+    CM_HC_ERR_TOO_LARGE,     /* buffered response over max_response_bytes */
+    CM_HC_ERR_IO,            /* connection failed after it was established */
+    CM_HC_ERR_QUEUE_TIMEOUT, /* waited longer than the queue timeout for a slot */
 };
 
 /* Return values of on_data. */
@@ -74,7 +75,20 @@ struct cm_hc *cm_hc_new(struct event_base *base);
 /* Cancels every transfer still running (no callbacks) and frees. */
 void cm_hc_free(struct cm_hc *hc);
 
-/* Starts a transfer; NULL only on a bad URL or option (errmsg logged). */
+/*
+ * Concurrency cap: at most max_running transfers run at once (0 = no cap);
+ * up to max_queued more wait in FIFO order for at most queue_timeout_s
+ * (then on_done reports CM_HC_ERR_QUEUE_TIMEOUT). Beyond that
+ * cm_hc_start() refuses (returns NULL and cm_hc_refused() is true), so
+ * memory stays bounded under overload.
+ */
+void cm_hc_set_limits(struct cm_hc *hc, unsigned max_running, unsigned max_queued,
+                      double queue_timeout_s);
+int cm_hc_refused(const struct cm_hc *hc);
+unsigned cm_hc_queued(const struct cm_hc *hc);
+
+/* Starts (or queues) a transfer; NULL when the queue is full
+ * (cm_hc_refused) or curl refused the handle (logged). */
 struct cm_hc_req *cm_hc_start(struct cm_hc *hc, const struct cm_hc_opts *opts,
                               const struct cm_hc_callbacks *cbs, void *arg);
 void cm_hc_cancel(struct cm_hc_req *req);

@@ -230,7 +230,10 @@ struct upstream_chat *upstream_chat_start(struct proxy *px, const char *request_
     free(url);
     free(body);
     if (!uc->up) {
-        proxy_error_set(err, 500, NULL, NULL, "Could not start the upstream request.");
+        if (cm_hc_refused(px->hc))
+            proxy_refused_error(px, route, err);
+        else
+            proxy_error_set(err, 500, NULL, NULL, "Could not start the upstream request.");
         uc_free(uc);
         return NULL;
     }

@@ -85,6 +85,7 @@ void health_handle_metrics(struct cm_req *r, void *arg)
 {
     struct proxy *px = arg;
     cm_metric_set(px->m_inflight, NULL, (double)cm_http_server_inflight(px->srv));
+    cm_metric_set(px->m_queue, NULL, (double)cm_hc_queued(px->hc));
     struct evbuffer *buf = evbuffer_new();
     cm_metrics_render(px->metrics, buf);
     cm_req_reply_buffer(r, 200, CM_METRICS_CONTENT_TYPE, buf);

@@ -126,6 +126,8 @@ static void setup_metrics(struct proxy *px)
                                       "Tokens reported by the upstream, by type.", "type");
     px->m_ws_connections = cm_metrics_gauge(px->metrics, "llm_proxy_websocket_connections",
                                             "Open WebSocket connections.", NULL);
+    px->m_queue = cm_metrics_gauge(px->metrics, "llm_proxy_upstream_queue_depth",
+                                   "Requests waiting for an upstream slot.", NULL);
 }
 
 static void setup_routes(struct proxy *px)
@@ -242,6 +244,8 @@ int main(int argc, char **argv)
     px->base = event_base_new_with_config(ecfg);
     event_config_free(ecfg);
     px->hc = cm_hc_new(px->base);
+    cm_hc_set_limits(px->hc, (unsigned)px->cfg.max_upstream, (unsigned)px->cfg.queue_size,
+                     px->cfg.queue_timeout);
     setup_metrics(px);
     struct cm_http_server_opts so = {.host = px->cfg.host,
                                      .port = (int)px->cfg.port,

@@ -24,6 +24,7 @@ struct proxy {
     struct cm_metric *m_upstream_errors; /* route, kind */
     struct cm_metric *m_tokens;          /* type */
     struct cm_metric *m_ws_connections;  /* gauge */
+    struct cm_metric *m_queue;           /* gauge: requests waiting for an upstream slot */
     struct ws_session *ws_sessions;      /* live WebSocket sessions (ws_session.c) */
     unsigned ws_count;
 };
@@ -54,6 +55,9 @@ void proxy_reply_error(struct cm_req *r, const struct proxy_error *e);
 void proxy_upstream_error(struct proxy *px, const char *route, enum cm_hc_result result,
                           long status, struct evbuffer *body, const char *errmsg, const char *model,
                           struct proxy_error *out);
+
+/* cm_hc_start() refused a transfer (upstream queue full): 429. */
+void proxy_refused_error(struct proxy *px, const char *route, struct proxy_error *out);
 
 /* Builds "<OLLAMA_URL_INTERNAL><path>"; caller frees. */
 char *proxy_upstream_url(const struct proxy *px, const char *path);

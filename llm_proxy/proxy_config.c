@@ -118,6 +118,33 @@ static const char *const log_formats[] = {"text", "json", NULL};
              1,                                                                                     \
              &(cfg)->api_key,                                                                       \
              "When set, /v1/* requires Authorization: Bearer <key>"},                               \
+            {"LLM_PROXY_MAX_UPSTREAM",                                                              \
+             CM_CFG_INT,                                                                            \
+             "64",                                                                                  \
+             1,                                                                                     \
+             100000,                                                                                \
+             NULL,                                                                                  \
+             0,                                                                                     \
+             &(cfg)->max_upstream,                                                                  \
+             "Upstream requests running at once; more wait in a queue"},                            \
+            {"LLM_PROXY_QUEUE_SIZE",                                                                \
+             CM_CFG_INT,                                                                            \
+             "256",                                                                                 \
+             0,                                                                                     \
+             1000000,                                                                               \
+             NULL,                                                                                  \
+             0,                                                                                     \
+             &(cfg)->queue_size,                                                                    \
+             "Requests that may wait for an upstream slot; beyond it 429 with Retry-After"},        \
+            {"LLM_PROXY_QUEUE_TIMEOUT",                                                             \
+             CM_CFG_SECONDS,                                                                        \
+             "30",                                                                                  \
+             0.001,                                                                                 \
+             3600,                                                                                  \
+             NULL,                                                                                  \
+             0,                                                                                     \
+             &(cfg)->queue_timeout,                                                                 \
+             "Longest wait for an upstream slot; then 503 with Retry-After"},                       \
             {"WS_MAX_INFLIGHT",                                                                     \
              CM_CFG_INT,                                                                            \
              "4",                                                                                   \

@@ -22,6 +22,9 @@ struct proxy_config {
     long long max_body_bytes;
     long long max_header_bytes;
     char *api_key;
+    long long max_upstream;
+    long long queue_size;
+    double queue_timeout;
     long long ws_max_inflight;
     double ws_ping_interval;
     long long ws_max_message_bytes;

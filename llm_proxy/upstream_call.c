@@ -85,7 +85,10 @@ void upstream_call_json(struct proxy *px, struct cm_req *r, const struct upstrea
     free(body);
     if (!c->up) {
         struct proxy_error err;
-        proxy_error_set(&err, 500, NULL, NULL, "Could not start the upstream request.");
+        if (cm_hc_refused(px->hc))
+            proxy_refused_error(px, cm_req_route(r), &err);
+        else
+            proxy_error_set(&err, 500, NULL, NULL, "Could not start the upstream request.");
         proxy_reply_error(r, &err);
         call_free(c);
         return;

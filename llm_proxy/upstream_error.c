@@ -13,16 +13,25 @@ char *proxy_upstream_url(const struct proxy *px, const char *path)
     return cm_xasprintf("%s%s", px->cfg.ollama_url, path);
 }
 
-void proxy_reply_error(struct cm_req *r, const struct proxy_error *e)
-{
-    cm_req_reply_error(r, e->status, cm_oai_error_type(e->status), e->message,
-                       e->param[0] ? e->param : NULL, e->code);
-}
-
 static void count(struct proxy *px, const char *route, const char *kind)
 {
     const char *labels[] = {route, kind};
     cm_metric_add(px->m_upstream_errors, labels, 1);
+}
+
+void proxy_refused_error(struct proxy *px, const char *route, struct proxy_error *out)
+{
+    count(px, route, "queue_full");
+    proxy_error_set(out, 429, NULL, "too_many_requests",
+                    "Too many requests are waiting for the upstream; retry later.");
+}
+
+void proxy_reply_error(struct cm_req *r, const struct proxy_error *e)
+{
+    if (e->status == 429 || e->status == 503)
+        cm_req_add_header(r, "Retry-After", "1");
+    cm_req_reply_error(r, e->status, cm_oai_error_type(e->status), e->message,
+                       e->param[0] ? e->param : NULL, e->code);
 }
 
 void proxy_upstream_error(struct proxy *px, const char *route, enum cm_hc_result result,
@@ -46,6 +55,11 @@ void proxy_upstream_error(struct proxy *px, const char *route, enum cm_hc_result
         count(px, route, "too_large");
         proxy_error_set(out, 502, NULL, "upstream_invalid_response",
                         "The upstream model server's response was too large.");
+        return;
+    case CM_HC_ERR_QUEUE_TIMEOUT:
+        count(px, route, "queue_timeout");
+        proxy_error_set(out, 503, NULL, "overloaded",
+                        "All upstream slots stayed busy for LLM_PROXY_QUEUE_TIMEOUT; retry later.");
         return;
     case CM_HC_ERR_IO:
         count(px, route, "io");
