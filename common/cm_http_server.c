@@ -977,6 +977,19 @@ int cm_http_server_port(const struct cm_http_server *srv)
     return srv->port;
 }
 
+int cm_http_server_write_port_file(const struct cm_http_server *srv, const char *path)
+{
+    char tmp[4096];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *f = fopen(tmp, "w");
+    if (!f)
+        return -1;
+    fprintf(f, "%d\n", srv->port);
+    if (fclose(f) != 0)
+        return -1;
+    return rename(tmp, path);
+}
+
 void cm_http_server_drain(struct cm_http_server *srv)
 {
     if (srv->draining)

@@ -79,6 +79,9 @@ void cm_http_server_on_done(struct cm_http_server *srv, cm_req_done_cb cb, void 
 /* Binds and listens. Returns 0, or -1 with a reason in err. */
 int cm_http_server_start(struct cm_http_server *srv, char *err, size_t errlen);
 int cm_http_server_port(const struct cm_http_server *srv);
+/* Writes the bound port to path (atomically: temp file + rename), for
+ * callers that asked for port 0. Returns 0 or -1. */
+int cm_http_server_write_port_file(const struct cm_http_server *srv, const char *path);
 
 /* Graceful shutdown: new requests to non-DRAIN_OK routes get 503 with
  * Connection: close; requests in flight continue. */

@@ -404,12 +404,9 @@ static int translate_think(const json_t *oai, json_t *native, struct proxy_error
 int chat_request_translate(const json_t *oai, struct chat_request *out, struct proxy_error *err)
 {
     memset(out, 0, sizeof *out);
-    const char *model = cm_json_str(oai, "model");
-    if (!model || !*model) {
-        proxy_error_set(err, 400, "model", "missing_required_parameter",
-                        "You must provide a model parameter.");
+    const char *model = proxy_require_model(oai, err);
+    if (!model)
         return -1;
-    }
     json_t *stream = json_object_get(oai, "stream");
     if (stream && !json_is_null(stream) && !json_is_boolean(stream)) {
         proxy_error_set(err, 400, "stream", "invalid_type", "'stream' must be a boolean.");

@@ -55,12 +55,9 @@ static int check_input(const json_t *input, size_t *n, struct proxy_error *err)
 int embed_request_translate(const json_t *oai, struct embed_request *out, struct proxy_error *err)
 {
     memset(out, 0, sizeof *out);
-    const char *model = cm_json_str(oai, "model");
-    if (!model || !*model) {
-        proxy_error_set(err, 400, "model", "missing_required_parameter",
-                        "You must provide a model parameter.");
+    const char *model = proxy_require_model(oai, err);
+    if (!model)
         return -1;
-    }
     json_t *input = json_object_get(oai, "input");
     if (!input) {
         proxy_error_set(err, 400, "input", "missing_required_parameter",

@@ -10,6 +10,7 @@
 #include "proxy.h"
 
 #include "cm_alloc.h"
+#include "cm_http_probe.h"
 #include "cm_log.h"
 
 #include <curl/curl.h>
@@ -147,41 +148,13 @@ static void setup_routes(struct proxy *px)
                          px);
 }
 
-static int write_port_file(const char *path, int port)
-{
-    char tmp[4096];
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    FILE *f = fopen(tmp, "w");
-    if (!f)
-        return -1;
-    fprintf(f, "%d\n", port);
-    if (fclose(f) != 0)
-        return -1;
-    return rename(tmp, path);
-}
-
 /* --healthcheck: for container HEALTHCHECKs without curl. */
 static int healthcheck(const struct proxy_config *cfg)
 {
-    const char *host =
-        strcmp(cfg->host, "0.0.0.0") == 0 || strcmp(cfg->host, "::") == 0 ? "127.0.0.1" : cfg->host;
-    char url[512];
-    snprintf(url, sizeof url, "http://%s:%lld/health", host, cfg->port);
-    CURL *c = curl_easy_init();
-    curl_easy_setopt(c, CURLOPT_URL, url);
-    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, 3000L);
-    curl_easy_setopt(c, CURLOPT_NOBODY, 0L);
-    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, fwrite);
-    FILE *devnull = fopen("/dev/null", "w");
-    curl_easy_setopt(c, CURLOPT_WRITEDATA, devnull);
-    CURLcode rc = curl_easy_perform(c);
-    long status = 0;
-    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
-    curl_easy_cleanup(c);
-    if (devnull)
-        fclose(devnull);
-    if (rc != CURLE_OK || status != 200) {
-        fprintf(stderr, "unhealthy: %s (HTTP %ld)\n", curl_easy_strerror(rc), status);
+    char url[512], err[256];
+    cm_http_probe_health_url(url, sizeof url, cfg->host, cfg->port);
+    if (cm_http_probe(url, 3000, err, sizeof err) != 0) {
+        fprintf(stderr, "unhealthy: %s\n", err);
         return 1;
     }
     return 0;
@@ -265,7 +238,7 @@ int main(int argc, char **argv)
     proxy_config_log(&px->cfg);
     CM_INFO(NULL, "listening", "host=%s port=%d upstream=%s version=%s", px->cfg.host,
             cm_http_server_port(px->srv), px->cfg.ollama_url, PROJECT_VERSION);
-    if (px->cfg.port_file && write_port_file(px->cfg.port_file, cm_http_server_port(px->srv))) {
+    if (px->cfg.port_file && cm_http_server_write_port_file(px->srv, px->cfg.port_file)) {
         CM_ERROR(NULL, "startup_failed", "cannot write LLM_PROXY_PORT_FILE %s", px->cfg.port_file);
         rc = 1;
         goto out;

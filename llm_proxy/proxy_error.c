@@ -1,6 +1,8 @@
 /* proxy_error: see proxy_error.h. */
 #include "proxy_error.h"
 
+#include "cm_json.h"
+
 #include <stdarg.h>
 #include <stdio.h>
 
@@ -14,4 +16,15 @@ void proxy_error_set(struct proxy_error *e, int status, const char *param, const
     va_start(ap, fmt);
     vsnprintf(e->message, sizeof e->message, fmt, ap);
     va_end(ap);
+}
+
+const char *proxy_require_model(const json_t *oai, struct proxy_error *err)
+{
+    const char *model = cm_json_str(oai, "model");
+    if (!model || !*model) {
+        proxy_error_set(err, 400, "model", "missing_required_parameter",
+                        "You must provide a model parameter.");
+        return NULL;
+    }
+    return model;
 }

@@ -15,4 +15,9 @@ struct proxy_error {
 void proxy_error_set(struct proxy_error *e, int status, const char *param, const char *code,
                      const char *fmt, ...) __attribute__((format(printf, 5, 6)));
 
+/* The request's "model" (borrowed), or NULL with err set to the 400 both
+ * endpoints give for a missing one. */
+struct json_t;
+const char *proxy_require_model(const struct json_t *oai, struct proxy_error *err);
+
 #endif

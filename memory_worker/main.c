@@ -10,6 +10,7 @@
  * leased chunks not started, exit 0.
  */
 #include "cm_alloc.h"
+#include "cm_http_probe.h"
 #include "cm_log.h"
 #include "pipeline.h"
 #include "store.h"
@@ -53,19 +54,10 @@ static void usage(FILE *out)
 
 static int healthcheck(const struct worker_config *cfg)
 {
-    const char *host = strcmp(cfg->host, "0.0.0.0") == 0 ? "127.0.0.1" : cfg->host;
-    char url[512];
-    snprintf(url, sizeof url, "http://%s:%lld/health", host, cfg->port);
-    CURL *c = curl_easy_init();
-    curl_easy_setopt(c, CURLOPT_URL, url);
-    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, 3000L);
-    curl_easy_setopt(c, CURLOPT_NOBODY, 1L);
-    CURLcode rc = curl_easy_perform(c);
-    long status = 0;
-    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
-    curl_easy_cleanup(c);
-    if (rc != CURLE_OK || status != 200) {
-        fprintf(stderr, "unhealthy: %s (HTTP %ld)\n", curl_easy_strerror(rc), status);
+    char url[512], err[256];
+    cm_http_probe_health_url(url, sizeof url, cfg->host, cfg->port);
+    if (cm_http_probe(url, 3000, err, sizeof err) != 0) {
+        fprintf(stderr, "unhealthy: %s\n", err);
         return 1;
     }
     return 0;
@@ -101,19 +93,6 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
     (void)what;
     CM_INFO(NULL, "shutdown", "signal %d: finishing chunks in progress", (int)sig);
     event_base_loopexit(arg, NULL);
-}
-
-static int write_port_file(const char *path, int port)
-{
-    char tmp[4096];
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    FILE *f = fopen(tmp, "w");
-    if (!f)
-        return -1;
-    fprintf(f, "%d\n", port);
-    if (fclose(f) != 0)
-        return -1;
-    return rename(tmp, path);
 }
 
 int main(int argc, char **argv)
@@ -203,7 +182,7 @@ int main(int argc, char **argv)
         rc = 1;
         goto out;
     }
-    if (cfg.port_file && write_port_file(cfg.port_file, worker_http_port(wh)) != 0) {
+    if (cfg.port_file && worker_http_write_port_file(wh, cfg.port_file) != 0) {
         CM_ERROR(NULL, "startup_failed", "cannot write MEMORY_WORKER_PORT_FILE %s", cfg.port_file);
         rc = 1;
         goto out;

@@ -2,6 +2,7 @@
 #include "worker_http.h"
 
 #include "cm_alloc.h"
+#include "cm_http_probe.h"
 #include "cm_http_server.h"
 #include "cm_json.h"
 #include "cm_log.h"
@@ -10,7 +11,6 @@
 #include "store.h"
 #include "worker_metrics.h"
 
-#include <curl/curl.h>
 #include <event2/buffer.h>
 #include <event2/event.h>
 #include <pthread.h>
@@ -41,17 +41,9 @@ struct worker_http {
 static int llm_proxy_healthy(const struct worker_config *cfg)
 {
     char *url = cm_xasprintf("%s/health", cfg->llm_proxy_url);
-    CURL *c = curl_easy_init();
-    curl_easy_setopt(c, CURLOPT_URL, url);
-    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, 2000L);
-    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(c, CURLOPT_NOBODY, 1L);
-    CURLcode rc = curl_easy_perform(c);
-    long status = 0;
-    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
-    curl_easy_cleanup(c);
+    int ok = cm_http_probe(url, 2000, NULL, 0) == 0;
     free(url);
-    return rc == CURLE_OK && status == 200;
+    return ok;
 }
 
 static void *monitor_main(void *arg)
@@ -288,6 +280,11 @@ struct worker_http *worker_http_new(struct event_base *base, struct pipeline *p,
 int worker_http_port(const struct worker_http *wh)
 {
     return cm_http_server_port(wh->srv);
+}
+
+int worker_http_write_port_file(const struct worker_http *wh, const char *path)
+{
+    return cm_http_server_write_port_file(wh->srv, path);
 }
 
 void worker_http_free(struct worker_http *wh)

@@ -22,6 +22,7 @@ struct worker_http;
 struct worker_http *worker_http_new(struct event_base *base, struct pipeline *p,
                                     const struct worker_config *cfg, char *err, size_t errlen);
 int worker_http_port(const struct worker_http *wh);
+int worker_http_write_port_file(const struct worker_http *wh, const char *path);
 /* Stops the readiness monitor thread and frees. */
 void worker_http_free(struct worker_http *wh);
 

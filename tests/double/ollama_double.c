@@ -938,15 +938,9 @@ int main(int argc, char **argv)
         fprintf(stderr, "ollama_double: %s\n", err);
         return 1;
     }
-    if (port_file) {
-        char tmp[4096];
-        snprintf(tmp, sizeof tmp, "%s.tmp", port_file);
-        FILE *f = fopen(tmp, "w");
-        if (!f)
-            return 1;
-        fprintf(f, "%d\n", cm_http_server_port(D.srv));
-        fclose(f);
-        rename(tmp, port_file);
+    if (port_file && cm_http_server_write_port_file(D.srv, port_file) != 0) {
+        fprintf(stderr, "ollama_double: cannot write %s\n", port_file);
+        return 1;
     }
     fprintf(stderr, "ollama_double listening on %s:%d\n", host, cm_http_server_port(D.srv));
     struct event *st = evsignal_new(D.base, SIGTERM, on_signal, D.base);
