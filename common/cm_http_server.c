@@ -2,6 +2,7 @@
 #include "cm_http_server.h"
 
 #include "cm_alloc.h"
+#include "cm_conn_guard.h"
 #include "cm_json.h"
 #include "cm_log.h"
 
@@ -89,6 +90,7 @@ struct cm_http_server {
     struct cm_upgraded *upgraded;
     unsigned nupgraded;
     unsigned flushing; /* replies handed to evhttp and not yet written out */
+    struct cm_conn_guards *guards;
     cm_req_done_cb done_cb;
     void *done_arg;
 };
@@ -204,8 +206,12 @@ static void stop_watch(struct cm_req *r)
 }
 
 /* Bookkeeping and free; the evhttp request is no longer ours after this. */
+static struct bufferevent *req_bev(const struct cm_req *r);
+
 static void req_finish(struct cm_req *r)
 {
+    if (r->srv->guards && r->state != REQ_DONE)
+        cm_conn_guards_busy(r->srv->guards, req_bev(r), 0);
     r->state = REQ_DONE;
     stop_watch(r);
     struct cm_http_server *srv = r->srv;
@@ -538,6 +544,8 @@ struct cm_upgraded *cm_req_upgrade(struct cm_req *r, const char *const *headers,
     bufferevent_set_timeouts(bev, NULL, NULL);
     *bev_out = bev;
     req_finish(r);
+    if (srv->guards) /* frames are not HTTP requests: no read deadline */
+        cm_conn_guards_busy(srv->guards, bev, 1);
     return up;
 }
 
@@ -705,6 +713,8 @@ static void gencb(struct evhttp_request *req, void *arg)
     enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
     r->method_name = method_name(cmd);
 
+    if (srv->guards)
+        cm_conn_guards_busy(srv->guards, req_bev(r), 1);
     const char *rid = evhttp_find_header(evhttp_request_get_input_headers(req), "X-Request-Id");
     if (rid && valid_request_id(rid))
         snprintf(r->id, sizeof r->id, "%s", rid);
@@ -877,10 +887,20 @@ static void rewrite_error_page_cb(struct evbuffer *out, const struct evbuffer_cb
 
 static struct bufferevent *make_bev(struct event_base *base, void *arg)
 {
+    struct cm_http_server *srv = arg;
     struct bufferevent *bev = bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
-    if (bev)
+    if (bev) {
         evbuffer_add_cb(bufferevent_get_output(bev), rewrite_error_page_cb, arg);
+        if (srv->guards)
+            cm_conn_guards_add(srv->guards, bev);
+    }
     return bev;
+}
+
+static struct bufferevent *req_bev(const struct cm_req *r)
+{
+    struct evhttp_connection *evcon = evhttp_request_get_connection(r->req);
+    return evcon ? evhttp_connection_get_bufferevent(evcon) : NULL;
 }
 
 /* ---------------------------------------------------------------- server */
@@ -922,6 +942,10 @@ struct cm_http_server *cm_http_server_new(struct event_base *base,
     evhttp_set_default_content_type(srv->http, "application/json");
     evhttp_set_gencb(srv->http, gencb, srv);
     evhttp_set_bevcb(srv->http, make_bev, srv);
+    if (opts->max_connections || opts->request_read_timeout_s > 0)
+        srv->guards = cm_conn_guards_new(
+            base, opts->max_connections,
+            opts->request_read_timeout_s > 0 ? opts->request_read_timeout_s : 1e9);
     return srv;
 }
 
@@ -954,6 +978,8 @@ int cm_http_server_start(struct cm_http_server *srv, char *err, size_t errlen)
                  strerror(errno));
         return -1;
     }
+    if (srv->guards)
+        cm_conn_guards_set_listener(srv->guards, evhttp_bound_socket_get_listener(srv->bound));
     evutil_socket_t fd = evhttp_bound_socket_get_fd(srv->bound);
     /* Accepted sockets inherit TCP_NODELAY from the listener on Linux. evhttp
      * never sets it, and with Nagle a response of a few segments waits for
@@ -1038,6 +1064,7 @@ void cm_http_server_free(struct cm_http_server *srv)
             req_finish(r);
     }
     evhttp_free(srv->http);
+    cm_conn_guards_free(srv->guards); /* after evhttp let go of every connection */
     struct route *rt = srv->routes;
     while (rt) {
         struct route *n = rt->next;

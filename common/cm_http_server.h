@@ -56,12 +56,14 @@ typedef void (*cm_req_drain_cb)(struct cm_req *r, void *arg);
 typedef void (*cm_req_done_cb)(const struct cm_req *r, void *arg);
 
 struct cm_http_server_opts {
-    const char *host;           /* borrowed during cm_http_server_start() */
-    int port;                   /* 0 = any free port */
-    long long max_body_bytes;   /* request body limit (413) */
-    long long max_header_bytes; /* request line + headers limit */
-    double idle_timeout_s;      /* read/write timeout of connections */
-    const char *api_key;        /* copied; NULL or "" = no auth */
+    const char *host;              /* borrowed during cm_http_server_start() */
+    int port;                      /* 0 = any free port */
+    long long max_body_bytes;      /* request body limit (413) */
+    long long max_header_bytes;    /* request line + headers limit */
+    double idle_timeout_s;         /* read/write timeout of connections */
+    const char *api_key;           /* copied; NULL or "" = no auth */
+    unsigned max_connections;      /* 0 = no cap (see cm_conn_guard.h) */
+    double request_read_timeout_s; /* whole request must arrive within; 0 = none */
 };
 
 struct cm_http_server *cm_http_server_new(struct event_base *base,

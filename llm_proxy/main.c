@@ -17,6 +17,7 @@
 #include <event2/event.h>
 #include <getopt.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -209,6 +210,12 @@ int main(int argc, char **argv)
     cm_log_init("llm_proxy", level, format);
     cm_log_capture_libevent();
     signal(SIGPIPE, SIG_IGN);
+    /* Each connection is a file descriptor: allow as many as the hard limit. */
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
 
     /* The changelist merges the many add/del of one loop pass into one
      * epoll_ctl per fd (we never dup() fds handed to the loop). */
@@ -225,7 +232,9 @@ int main(int argc, char **argv)
                                      .max_body_bytes = px->cfg.max_body_bytes,
                                      .max_header_bytes = px->cfg.max_header_bytes,
                                      .idle_timeout_s = px->cfg.idle_timeout,
-                                     .api_key = px->cfg.api_key};
+                                     .api_key = px->cfg.api_key,
+                                     .max_connections = (unsigned)px->cfg.max_connections,
+                                     .request_read_timeout_s = px->cfg.request_read_timeout};
     px->srv = cm_http_server_new(px->base, &so);
     cm_http_server_on_done(px->srv, record_done, px);
     setup_routes(px);

@@ -118,6 +118,24 @@ static const char *const log_formats[] = {"text", "json", NULL};
              1,                                                                                     \
              &(cfg)->api_key,                                                                       \
              "When set, /v1/* requires Authorization: Bearer <key>"},                               \
+            {"LLM_PROXY_MAX_CONNECTIONS",                                                           \
+             CM_CFG_INT,                                                                            \
+             "16384",                                                                               \
+             0,                                                                                     \
+             10000000,                                                                              \
+             NULL,                                                                                  \
+             0,                                                                                     \
+             &(cfg)->max_connections,                                                               \
+             "Open client connections at most (0 = no cap)"},                                       \
+            {"LLM_PROXY_REQUEST_READ_TIMEOUT",                                                      \
+             CM_CFG_SECONDS,                                                                        \
+             "30",                                                                                  \
+             0.01,                                                                                  \
+             86400,                                                                                 \
+             NULL,                                                                                  \
+             0,                                                                                     \
+             &(cfg)->request_read_timeout,                                                          \
+             "A request's line, headers and body must all arrive within this (seconds)"},           \
             {"LLM_PROXY_MAX_UPSTREAM",                                                              \
              CM_CFG_INT,                                                                            \
              "64",                                                                                  \

@@ -22,6 +22,8 @@ struct proxy_config {
     long long max_body_bytes;
     long long max_header_bytes;
     char *api_key;
+    long long max_connections;
+    double request_read_timeout;
     long long max_upstream;
     long long queue_size;
     double queue_timeout;

@@ -259,7 +259,9 @@ struct worker_http *worker_http_new(struct event_base *base, struct pipeline *p,
                                      .port = (int)cfg->port,
                                      .max_body_bytes = 64 * 1024,
                                      .max_header_bytes = 64 * 1024,
-                                     .idle_timeout_s = 60};
+                                     .idle_timeout_s = 60,
+                                     .max_connections = 1024,
+                                     .request_read_timeout_s = 30};
     wh->srv = cm_http_server_new(base, &so);
     cm_http_server_route(wh->srv, CM_GET, "/health", CM_ROUTE_DRAIN_OK, "health", handle_health,
                          wh);

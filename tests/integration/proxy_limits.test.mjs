@@ -73,3 +73,58 @@ test('a request that waits longer than LLM_PROXY_QUEUE_TIMEOUT gets 503 with Ret
   assert.match(m, /llm_proxy_upstream_errors_total\{route="chat_completions",kind="queue_full"\} [1-9]/);
   assert.match(m, /llm_proxy_upstream_errors_total\{route="embeddings",kind="queue_timeout"\} [1-9]/);
 });
+
+import net from 'node:net';
+import { once } from 'node:events';
+
+function rawConnect(port) {
+  const sock = net.connect(port, '127.0.0.1');
+  sock.data = '';
+  sock.on('error', () => {}); // a reset from the server shows up as 'close'
+
+  sock.on('data', (d) => { sock.data += d.toString(); });
+  sock.closedP = once(sock, 'close');
+  return once(sock, 'connect').then(() => sock);
+}
+
+test('slowloris: a request trickling in past LLM_PROXY_REQUEST_READ_TIMEOUT is cut off', async () => {
+  const p = await startProxy({ LLM_PROXY_REQUEST_READ_TIMEOUT: '0.5' }, { upstream: double });
+  try {
+    const sock = await rawConnect(p.port);
+    sock.write('POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n');
+    let closed = false;
+    sock.closedP.then(() => { closed = true; });
+    // One header byte at a time, each within the idle timeout.
+    for (let i = 0; i < 100 && !closed; i++) {
+      sock.write('X');
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    assert.ok(closed, 'the slow request must be closed by the server');
+    assert.match(p.logs.text, /request_read_timeout/);
+    // A normal request still works, and a keep-alive connection that has
+    // finished a request is not cut by the read deadline.
+    assert.equal((await fetch(`${p.url}/health`)).status, 200);
+  } finally {
+    await p.stop();
+  }
+});
+
+test('LLM_PROXY_MAX_CONNECTIONS: at the cap new connections wait until one closes', async () => {
+  const p = await startProxy({ LLM_PROXY_MAX_CONNECTIONS: '3' }, { upstream: double });
+  try {
+    const held = [await rawConnect(p.port), await rawConnect(p.port), await rawConnect(p.port)];
+    const extra = await rawConnect(p.port); // accepted by the kernel, not by llm_proxy
+    extra.write('GET /health HTTP/1.1\r\nHost: x\r\n\r\n');
+    // A round trip on a held connection: the server has had its chance to
+    // serve the extra one, had it accepted it.
+    held[0].write('GET /health HTTP/1.1\r\nHost: x\r\n\r\n');
+    while (!held[0].data.includes('"ok"')) await once(held[0], 'data');
+    assert.equal(extra.data, '', 'the fourth connection must wait');
+    held[1].destroy();
+    while (!extra.data.includes('"ok"')) await once(extra, 'data');
+    assert.match(p.logs.text, /connection_cap/);
+    for (const s of [held[0], held[2], extra]) s.destroy();
+  } finally {
+    await p.stop();
+  }
+});

@@ -1,0 +1,220 @@
+/* cm_conn_guard: connection cap and request-read deadline (see cm_conn_guard.h). */
+#include "cm_conn_guard.h"
+
+#include "cm_alloc.h"
+#include "cm_log.h"
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <event2/listener.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <time.h>
+
+#define SWEEP_MS 200
+
+struct guard {
+    struct bufferevent *bev; /* one reference held by us */
+    struct cm_conn_guards *set;
+    double reading_since; /* first byte of a request not yet dispatched; 0 = none */
+    int busy;             /* a request is being handled */
+    int killed;
+    struct guard *next;          /* hash chain */
+    struct guard *lnext, *lprev; /* all guards */
+};
+
+struct cm_conn_guards {
+    struct event_base *base;
+    unsigned max;
+    double read_timeout;
+    struct evconnlistener *listener;
+    int paused;
+    unsigned count;
+    struct guard **buckets;
+    size_t nbuckets;
+    struct guard *all;
+    struct event *sweep;
+};
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static size_t slot(const struct cm_conn_guards *g, const struct bufferevent *bev)
+{
+    uintptr_t h = (uintptr_t)bev;
+    h ^= h >> 17;
+    h *= 0x9e3779b97f4a7c15ULL;
+    return (size_t)(h >> 7) & (g->nbuckets - 1);
+}
+
+static struct guard *find(struct cm_conn_guards *g, struct bufferevent *bev)
+{
+    for (struct guard *x = g->buckets[slot(g, bev)]; x; x = x->next)
+        if (x->bev == bev)
+            return x;
+    return NULL;
+}
+
+static void grow(struct cm_conn_guards *g)
+{
+    size_t n = g->nbuckets * 2;
+    struct guard **b = cm_xcalloc(n, sizeof *b);
+    struct guard **old = g->buckets;
+    size_t oldn = g->nbuckets;
+    g->buckets = b;
+    g->nbuckets = n;
+    for (size_t i = 0; i < oldn; i++) {
+        struct guard *x = old[i];
+        while (x) {
+            struct guard *next = x->next;
+            size_t k = slot(g, x->bev);
+            x->next = b[k];
+            b[k] = x;
+            x = next;
+        }
+    }
+    free(old);
+}
+
+static void update_listener(struct cm_conn_guards *g)
+{
+    if (!g->listener || !g->max)
+        return;
+    if (!g->paused && g->count >= g->max) {
+        evconnlistener_disable(g->listener);
+        g->paused = 1;
+        CM_WARN(NULL, "connection_cap", "%u connections open: not accepting until one closes",
+                g->count);
+    } else if (g->paused && g->count < g->max) {
+        evconnlistener_enable(g->listener);
+        g->paused = 0;
+    }
+}
+
+static void input_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
+{
+    struct guard *x = arg;
+    (void)buf;
+    if (info->n_added && !x->busy && x->reading_since == 0)
+        x->reading_since = now_s();
+}
+
+static void drop(struct cm_conn_guards *g, struct guard *x)
+{
+    struct guard **pp = &g->buckets[slot(g, x->bev)];
+    while (*pp != x)
+        pp = &(*pp)->next;
+    *pp = x->next;
+    if (x->lprev)
+        x->lprev->lnext = x->lnext;
+    else
+        g->all = x->lnext;
+    if (x->lnext)
+        x->lnext->lprev = x->lprev;
+    g->count--;
+    bufferevent_decref(x->bev); /* evhttp has let go: this frees it and closes the fd */
+    free(x);
+}
+
+static void sweep_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct cm_conn_guards *g = arg;
+    (void)fd;
+    (void)what;
+    double now = now_s();
+    struct guard *x = g->all;
+    while (x) {
+        struct guard *next = x->lnext;
+        /* evhttp swaps the read and write callbacks as it goes, but always
+         * keeps an event callback; only bufferevent_free() clears it. */
+        bufferevent_event_cb ecb = NULL;
+        bufferevent_getcb(x->bev, NULL, NULL, &ecb, NULL);
+        if (!ecb) {
+            drop(g, x);
+        } else if (!x->killed && !x->busy && x->reading_since > 0 &&
+                   now - x->reading_since > g->read_timeout) {
+            /* Shut the socket down; evhttp sees the failure and frees the
+             * connection through its own path. */
+            x->killed = 1;
+            evutil_socket_t s = bufferevent_getfd(x->bev);
+            CM_WARN(NULL, "request_read_timeout",
+                    "request not received within %.1fs: closing the connection", g->read_timeout);
+            if (s >= 0)
+                shutdown(s, SHUT_RDWR);
+        }
+        x = next;
+    }
+    update_listener(g);
+}
+
+struct cm_conn_guards *cm_conn_guards_new(struct event_base *base, unsigned max_connections,
+                                          double request_read_timeout_s)
+{
+    struct cm_conn_guards *g = cm_xcalloc(1, sizeof *g);
+    g->base = base;
+    g->max = max_connections;
+    g->read_timeout = request_read_timeout_s;
+    g->nbuckets = 256;
+    g->buckets = cm_xcalloc(g->nbuckets, sizeof *g->buckets);
+    g->sweep = event_new(base, -1, EV_PERSIST, sweep_cb, g);
+    struct timeval tv = {0, SWEEP_MS * 1000};
+    event_add(g->sweep, &tv);
+    return g;
+}
+
+void cm_conn_guards_free(struct cm_conn_guards *g)
+{
+    if (!g)
+        return;
+    while (g->all)
+        drop(g, g->all);
+    event_free(g->sweep);
+    free(g->buckets);
+    free(g);
+}
+
+void cm_conn_guards_set_listener(struct cm_conn_guards *g, struct evconnlistener *l)
+{
+    g->listener = l;
+    update_listener(g);
+}
+
+void cm_conn_guards_add(struct cm_conn_guards *g, struct bufferevent *bev)
+{
+    struct guard *x = cm_xcalloc(1, sizeof *x);
+    x->bev = bev;
+    x->set = g;
+    bufferevent_incref(bev);
+    if (g->count + 1 > g->nbuckets)
+        grow(g);
+    size_t k = slot(g, bev);
+    x->next = g->buckets[k];
+    g->buckets[k] = x;
+    x->lnext = g->all;
+    if (g->all)
+        g->all->lprev = x;
+    g->all = x;
+    g->count++;
+    evbuffer_add_cb(bufferevent_get_input(bev), input_cb, x);
+    update_listener(g);
+}
+
+void cm_conn_guards_busy(struct cm_conn_guards *g, struct bufferevent *bev, int busy)
+{
+    struct guard *x = bev ? find(g, bev) : NULL;
+    if (!x)
+        return;
+    x->busy = busy;
+    x->reading_since = 0;
+}
+
+unsigned cm_conn_guards_count(const struct cm_conn_guards *g)
+{
+    return g->count;
+}

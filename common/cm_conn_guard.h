@@ -1,0 +1,40 @@
+/*
+ * cm_conn_guard: per-connection bookkeeping that evhttp 2.1 lacks:
+ *   - a cap on open connections (LLM_PROXY_MAX_CONNECTIONS): at the cap the
+ *     listener stops accepting (clients wait in the kernel's backlog) and
+ *     resumes when connections close;
+ *   - a deadline for reading each request (slowloris): a connection whose
+ *     request started arriving more than request_read_timeout ago and has
+ *     not been dispatched is shut down.
+ *
+ * evhttp creates each connection's bufferevent through evhttp_set_bevcb();
+ * the guard takes a reference on it, watches its input buffer for arriving
+ * bytes, and learns that evhttp freed the connection when the bufferevent's
+ * callbacks are cleared (bufferevent_free() does that first); a sweep timer
+ * then drops the reference, which closes the socket. libevent 2.2 has
+ * evhttp_set_max_connections() and separate read timeouts for this.
+ *
+ * Ownership: the guard set is owned by its cm_http_server; guards are
+ * internal. Loop thread only.
+ */
+#ifndef CM_CONN_GUARD_H
+#define CM_CONN_GUARD_H
+
+struct bufferevent;
+struct event_base;
+struct evconnlistener;
+struct cm_conn_guards;
+
+struct cm_conn_guards *cm_conn_guards_new(struct event_base *base, unsigned max_connections,
+                                          double request_read_timeout_s);
+void cm_conn_guards_free(struct cm_conn_guards *g);
+/* The listener to pause at the cap (set once bound). */
+void cm_conn_guards_set_listener(struct cm_conn_guards *g, struct evconnlistener *l);
+/* A new connection's bufferevent (from the bevcb). */
+void cm_conn_guards_add(struct cm_conn_guards *g, struct bufferevent *bev);
+/* A request on bev was dispatched (busy) / finished (idle again). */
+void cm_conn_guards_busy(struct cm_conn_guards *g, struct bufferevent *bev, int busy);
+/* Open connections. */
+unsigned cm_conn_guards_count(const struct cm_conn_guards *g);
+
+#endif
