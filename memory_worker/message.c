@@ -63,10 +63,11 @@ int message_parse(const char *raw, size_t len, size_t max_bytes, struct message 
                  max_bytes);
         return -1;
     }
-    char jerr[160];
-    json_t *v = cm_json_parse(raw, len, jerr, sizeof jerr);
+    /* The reason is logged: never quote the element (jansson's text does). */
+    json_error_t jerr;
+    json_t *v = json_loadb(raw, len, JSON_REJECT_DUPLICATES, &jerr);
     if (!v) {
-        snprintf(err, errlen, "not valid JSON: %s", jerr);
+        snprintf(err, errlen, "not valid JSON (at byte %d)", jerr.position);
         return -1;
     }
     if (!json_is_object(v)) {

@@ -2,6 +2,7 @@
 // systemd-analyze verify and are hardened, each Dockerfile's runtime stage
 // installs every library its binary links, cmake --install lays out the
 // files, and the --healthcheck modes work (containers have no curl).
+import { fileURLToPath } from 'node:url';
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -10,7 +11,7 @@ import path from 'node:path';
 import { test } from 'node:test';
 import { BIN_DIR, startProxy } from './harness.mjs';
 
-const ROOT = path.resolve(import.meta.dirname, '../..');
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const BUILD = path.dirname(BIN_DIR);
 const tmp = () => fs.mkdtempSync(path.join(os.tmpdir(), 'deploy-'));
 

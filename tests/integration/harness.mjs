@@ -1,12 +1,13 @@
 // Test harness: starts the real binaries (the Ollama double, llm_proxy) on
 // free loopback ports and offers small HTTP/SSE helpers. Readiness is awaited
 // from each process's own "listening" log line, never by sleeping.
+import { fileURLToPath } from 'node:url';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import path from 'node:path';
 
-export const BIN_DIR = process.env.BIN_DIR || path.resolve(import.meta.dirname, '../../build/bin');
+export const BIN_DIR = process.env.BIN_DIR || path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../build/bin');
 
 function waitForLine(proc, regex, what, timeoutMs = 10000) {
   return new Promise((resolve, reject) => {

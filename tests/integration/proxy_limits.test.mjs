@@ -128,3 +128,16 @@ test('LLM_PROXY_MAX_CONNECTIONS: at the cap new connections wait until one close
     await p.stop();
   }
 });
+
+test('headers over LLM_PROXY_MAX_HEADER_BYTES are refused with a JSON error', async () => {
+  const p = await startProxy({ LLM_PROXY_MAX_HEADER_BYTES: '2KiB' }, { upstream: double });
+  try {
+    const res = await fetch(`${p.url}/health`, { headers: { 'x-big': 'a'.repeat(4096) } });
+    assert.ok(res.status === 400 || res.status === 413 || res.status === 431, `status ${res.status}`);
+    const e = (await res.json()).error;
+    assert.equal(typeof e.message, 'string');
+    assert.equal((await fetch(`${p.url}/health`)).status, 200);
+  } finally {
+    await p.stop();
+  }
+});

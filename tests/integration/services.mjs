@@ -4,13 +4,14 @@
 //   node services.mjs stop STATE_DIR    (FIXTURES_CLEANUP)
 // Test files call useServices(): their own PostgreSQL database and Redis db
 // index, so files can run in parallel on the same servers.
+import { fileURLToPath } from 'node:url';
 import { execFileSync, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 
-export const STATE_DIR = process.env.SERVICES_DIR || path.resolve(import.meta.dirname, '../../build/test-services');
+export const STATE_DIR = process.env.SERVICES_DIR || path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../build/test-services');
 
 function pgBin(name) {
   const base = '/usr/lib/postgresql';
@@ -137,7 +138,7 @@ export function useServices(name) {
   };
 }
 
-if (process.argv[1] === import.meta.filename) {
+if (process.argv[1] === fileURLToPath(import.meta.url)) {
   const [cmd, dir = STATE_DIR] = process.argv.slice(2);
   if (cmd === 'start') {
     const s = await start(dir);

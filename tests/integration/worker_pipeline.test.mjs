@@ -100,14 +100,15 @@ describe('pipeline', () => {
   });
 
   test('a poison element is kept as a dead message, the rest goes on', async () => {
-    push('carol', 'not json at all', msg('fine message'), { role: 'user' }, '{"content": ""}');
+    push('carol', 'secretpoison not json', msg('fine message'), { role: 'user' }, '{"content": ""}');
     const p = await w.pass();
     assert.equal(p.messages_claimed, 1);
     assert.equal(p.dead_messages, 3);
     assert.equal(svc.sql("SELECT count(*) FROM memories WHERE user_id = 'carol'"), '1');
     const dead = svc.sql("SELECT position, convert_from(raw, 'UTF8'), error FROM dead_messages WHERE user_id = 'carol' ORDER BY position").split('\n');
     assert.equal(dead.length, 3);
-    assert.match(dead[0], /^0\tnot json at all\tnot valid JSON/);
+    assert.match(dead[0], /^0\tsecretpoison not json\tnot valid JSON/);
+    assert.ok(!w.logs.text.includes('secretpoison'), 'dead elements are not quoted in logs');
     assert.match(dead[1], /content/);
     assert.equal(svc.redis('EXISTS', 'user:carol:messages'), '0');
   });
