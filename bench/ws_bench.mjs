@@ -21,7 +21,9 @@ function open(url) {
 }
 
 const double = await startDouble();
-const proxy = await startProxy({ WS_PING_INTERVAL: '600' }, { upstream: double });
+// The upstream cap (default 64 + a queue of 256) would refuse most of the 1,000
+// simultaneous streams: this measures the WebSocket side, so lift it.
+const proxy = await startProxy({ WS_PING_INTERVAL: '600', LLM_PROXY_MAX_UPSTREAM: '2048' }, { upstream: double });
 const url = `${proxy.url.replace('http', 'ws')}/ws/chat`;
 try {
   const base = rss(proxy.proc.pid);
