@@ -833,10 +833,25 @@ static void rewrite_error_page_cb(struct evbuffer *out, const struct evbuffer_cb
     struct cm_http_server *srv = arg;
     size_t len = evbuffer_get_length(out);
     size_t end_len = sizeof EVHTTP_PAGE_END - 1;
-    if (info->n_added == 0 || len < 40 || len > 2048)
+    if (info->n_added < end_len || len < 40 || len > 2048)
         return;
-    /* evbuffer_copyout() refuses a buffer whose start is frozen (a socket
-     * bufferevent's output may be): peek instead. */
+    /* Cheap test first (this runs on every write): does the output end with
+     * the page's last line? evbuffer_copyout() refuses a buffer whose start
+     * is frozen (a socket bufferevent's output may be): peek instead. */
+    struct evbuffer_ptr tail;
+    if (evbuffer_ptr_set(out, &tail, len - end_len, EVBUFFER_PTR_SET) != 0)
+        return;
+    struct evbuffer_iovec tv[2];
+    int ntv = evbuffer_peek(out, (ev_ssize_t)end_len, &tail, tv, 2);
+    char last[sizeof EVHTTP_PAGE_END];
+    size_t have = 0;
+    for (int i = 0; i < ntv && i < 2 && have < end_len; i++) {
+        size_t n = tv[i].iov_len < end_len - have ? tv[i].iov_len : end_len - have;
+        memcpy(last + have, tv[i].iov_base, n);
+        have += n;
+    }
+    if (have != end_len || memcmp(last, EVHTTP_PAGE_END, end_len) != 0)
+        return;
     char buf[2049];
     struct evbuffer_iovec vec[8];
     int nvec = evbuffer_peek(out, -1, NULL, vec, 8);

@@ -6,23 +6,37 @@
 
 #include <math.h>
 #include <openssl/rand.h>
+#include <stdint.h>
 #include <stdio.h>
+#include <time.h>
 #include <stdlib.h>
 #include <string.h>
 
 #define MAX_STOP_SEQUENCES 4
 
+/* Ids only need to be unique and unguessable enough: a random per-process
+ * key mixed with a counter (splitmix64), no system call per id. */
+static uint64_t next_random(void)
+{
+    static uint64_t key, counter;
+    if (key == 0 && RAND_bytes((unsigned char *)&key, sizeof key) != 1)
+        key = (uint64_t)time(NULL) * 0x9e3779b97f4a7c15ULL;
+    uint64_t z = key + 0x9e3779b97f4a7c15ULL * ++counter;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
 static void random_chars(char *out, size_t n)
 {
     static const char alphabet[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
-    unsigned char raw[64];
-    if (n > sizeof raw)
-        n = sizeof raw;
-    if (RAND_bytes(raw, (int)n) != 1)
-        for (size_t i = 0; i < n; i++)
-            raw[i] = (unsigned char)rand();
-    for (size_t i = 0; i < n; i++)
-        out[i] = alphabet[raw[i] % (sizeof alphabet - 1)];
+    uint64_t bits = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (i % 8 == 0)
+            bits = next_random();
+        out[i] = alphabet[(bits & 0xff) % (sizeof alphabet - 1)];
+        bits >>= 8;
+    }
     out[n] = '\0';
 }
 
