@@ -58,8 +58,11 @@ async function waitRedis(port) {
 }
 
 function pgCtlStart(s) {
+  // Durable settings when the tests crash PostgreSQL on purpose: with
+  // synchronous_commit=off a crash may drop commits already acknowledged.
+  const fast = s.persistent ? '' : ' -c fsync=off -c synchronous_commit=off -c full_page_writes=off';
   runPg('pg_ctl', ['-D', s.pgData, '-w', '-l', path.join(s.pgData, 'server.log'), '-o',
-    `-p ${s.pgPort} -k ${s.pgData} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200`, 'start']);
+    `-p ${s.pgPort} -k ${s.pgData} -c listen_addresses=127.0.0.1 -c max_connections=200${fast}`, 'start']);
 }
 
 // Crash-restarts (kill -9, then start again on the same port and data).
