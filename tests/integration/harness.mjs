@@ -29,6 +29,18 @@ function waitForLine(proc, regex, what, timeoutMs = 10000) {
   });
 }
 
+// Every process a test starts is killed when the test process exits, even
+// after a timeout or a failed assertion, so nothing is left running.
+const children = new Set();
+process.on('exit', () => {
+  for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+});
+function track(proc) {
+  children.add(proc);
+  proc.once('exit', () => children.delete(proc));
+  return proc;
+}
+
 function collect(proc) {
   const out = { text: '' };
   proc.stderr.on('data', (d) => { out.text += d.toString(); });
@@ -50,9 +62,9 @@ async function stopProc(proc, logs, signal = 'SIGTERM') {
 }
 
 export async function startDouble(args = []) {
-  const proc = spawn(path.join(BIN_DIR, 'ollama_double'), ['--port', '0', ...args], {
+  const proc = track(spawn(path.join(BIN_DIR, 'ollama_double'), ['--port', '0', ...args], {
     stdio: ['ignore', 'ignore', 'pipe'],
-  });
+  }));
   const logs = collect(proc);
   const m = await waitForLine(proc, /listening on [^:]+:(\d+)/, 'ollama_double');
   const port = Number(m[1]);
@@ -72,7 +84,7 @@ export async function startDouble(args = []) {
 }
 
 export async function startProxy(env = {}, { upstream } = {}) {
-  const proc = spawn(path.join(BIN_DIR, 'llm_proxy'), [], {
+  const proc = track(spawn(path.join(BIN_DIR, 'llm_proxy'), [], {
     stdio: ['ignore', 'ignore', 'pipe'],
     env: {
       PATH: process.env.PATH,
@@ -82,7 +94,7 @@ export async function startProxy(env = {}, { upstream } = {}) {
       LOG_LEVEL: 'info',
       ...env,
     },
-  });
+  }));
   const logs = collect(proc);
   const m = await waitForLine(proc, /event"?[=:]"?listening.*?port=(\d+)/, 'llm_proxy');
   const port = Number(m[1]);
@@ -160,7 +172,7 @@ export function assertOpenAIError(res, status, { type, code, param } = {}) {
 }
 
 export async function startWorker(env = {}) {
-  const proc = spawn(path.join(BIN_DIR, 'memory_worker'), [], {
+  const proc = track(spawn(path.join(BIN_DIR, 'memory_worker'), [], {
     stdio: ['ignore', 'ignore', 'pipe'],
     env: {
       PATH: process.env.PATH,
@@ -169,7 +181,7 @@ export async function startWorker(env = {}) {
       LOG_LEVEL: 'info',
       ...env,
     },
-  });
+  }));
   const logs = collect(proc);
   const m = await waitForLine(proc, /event"?[=:]"?listening.*?port=(\d+)/, 'memory_worker', 30000);
   const url = `http://127.0.0.1:${Number(m[1])}`;

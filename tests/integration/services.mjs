@@ -79,7 +79,16 @@ export function restartPostgres(s) {
   pgCtlStart(s);
 }
 
+// Services a test process started stop when it exits, whatever happened.
+const started = new Set();
+process.on('exit', () => {
+  for (const d of started) {
+    try { stop(d); } catch { /* best effort */ }
+  }
+});
+
 export async function start(dir, { persistent = false } = {}) {
+  if (process.argv[2] !== 'start') started.add(dir); // the ctest fixture outlives its process
   fs.rmSync(dir, { recursive: true, force: true });
   fs.mkdirSync(dir, { recursive: true, mode: 0o755 });
   const redisPort = await freePort();
@@ -103,6 +112,7 @@ export async function start(dir, { persistent = false } = {}) {
 }
 
 export function stop(dir) {
+  started.delete(dir);
   const file = path.join(dir, 'services.json');
   if (!fs.existsSync(file)) return;
   const s = JSON.parse(fs.readFileSync(file, 'utf8'));
