@@ -38,3 +38,14 @@ void cm_http_probe_health_url(char *buf, unsigned long len, const char *host, lo
         host = "127.0.0.1";
     snprintf(buf, len, "http://%s:%lld/health", host, port);
 }
+
+int cm_http_probe_healthcheck(const char *host, long long port)
+{
+    char url[512], err[256];
+    cm_http_probe_health_url(url, sizeof url, host, port);
+    if (cm_http_probe(url, 3000, err, sizeof err) != 0) {
+        fprintf(stderr, "unhealthy: %s\n", err);
+        return 1;
+    }
+    return 0;
+}

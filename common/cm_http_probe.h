@@ -14,4 +14,9 @@ int cm_http_probe(const char *url, long timeout_ms, char *err, unsigned long err
  * (0.0.0.0, ::) to 127.0.0.1. Writes into buf. */
 void cm_http_probe_health_url(char *buf, unsigned long len, const char *host, long long port);
 
+/* The --healthcheck mode of both services: probes the local /health of a
+ * server listening on host:port; returns the process exit status (0
+ * healthy, 1 not) after printing the reason to stderr. */
+int cm_http_probe_healthcheck(const char *host, long long port);
+
 #endif

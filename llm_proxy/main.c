@@ -149,18 +149,6 @@ static void setup_routes(struct proxy *px)
                          px);
 }
 
-/* --healthcheck: for container HEALTHCHECKs without curl. */
-static int healthcheck(const struct proxy_config *cfg)
-{
-    char url[512], err[256];
-    cm_http_probe_health_url(url, sizeof url, cfg->host, cfg->port);
-    if (cm_http_probe(url, 3000, err, sizeof err) != 0) {
-        fprintf(stderr, "unhealthy: %s\n", err);
-        return 1;
-    }
-    return 0;
-}
-
 int main(int argc, char **argv)
 {
     static const struct option longopts[] = {{"help", no_argument, NULL, 'h'},
@@ -198,7 +186,7 @@ int main(int argc, char **argv)
     }
     curl_global_init(CURL_GLOBAL_DEFAULT);
     if (do_healthcheck) {
-        int rc = healthcheck(&px->cfg);
+        int rc = cm_http_probe_healthcheck(px->cfg.host, px->cfg.port);
         proxy_config_free(&px->cfg);
         curl_global_cleanup();
         return rc;

@@ -52,17 +52,6 @@ static void usage(FILE *out)
                  "configuration.\n");
 }
 
-static int healthcheck(const struct worker_config *cfg)
-{
-    char url[512], err[256];
-    cm_http_probe_health_url(url, sizeof url, cfg->host, cfg->port);
-    if (cm_http_probe(url, 3000, err, sizeof err) != 0) {
-        fprintf(stderr, "unhealthy: %s\n", err);
-        return 1;
-    }
-    return 0;
-}
-
 static int replay_dead(const struct worker_config *cfg, const char *user)
 {
     char err[300];
@@ -143,7 +132,7 @@ int main(int argc, char **argv)
     curl_global_init(CURL_GLOBAL_DEFAULT);
     int rc = 0;
     if (do_health || do_replay) {
-        rc = do_health ? healthcheck(&cfg) : replay_dead(&cfg, user);
+        rc = do_health ? cm_http_probe_healthcheck(cfg.host, cfg.port) : replay_dead(&cfg, user);
         worker_config_free(&cfg);
         curl_global_cleanup();
         return rc;

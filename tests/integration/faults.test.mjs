@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { chatBody, dataOf, freePort, postJson, sseReader, startDouble, startProxy, startWorker } from './harness.mjs';
+import { chatBody, dataOf, freePort, openChatStream, postJson, sseReader, startDouble, startProxy, startWorker } from './harness.mjs';
 import { restartPostgres, restartRedis, start, stop } from './services.mjs';
 
 let double, proxy;
@@ -21,12 +21,7 @@ after(async () => {
   await double.stop();
 });
 
-function openStream(base, body, signal) {
-  return fetch(`${base.url}/v1/chat/completions`, {
-    method: 'POST', signal, headers: { 'content-type': 'application/json' },
-    body: JSON.stringify({ stream: true, ...body }),
-  });
-}
+const openStream = openChatStream;
 
 describe('broken upstream streams', () => {
   for (const [directive, code] of [['@garbage', 'upstream_invalid_response'], ['@cut', null]]) {

@@ -147,6 +147,15 @@ export function sseReader(res) {
   };
 }
 
+// POSTs a streaming chat request to base (a started proxy); resolves with the
+// fetch Response.
+export function openChatStream(base, body, signal) {
+  return fetch(`${base.url}/v1/chat/completions`, {
+    method: 'POST', signal, headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ stream: true, ...body }),
+  });
+}
+
 export function dataOf(ev) {
   if (!ev.startsWith('data: ')) return null;
   const payload = ev.slice(6);

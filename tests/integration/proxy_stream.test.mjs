@@ -2,7 +2,7 @@
 // arrives (gated double), keepalives, mid-stream failures, cancellation.
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
-import { assertOpenAIError, chatBody, dataOf, postJson, sseReader, startDouble, startProxy } from './harness.mjs';
+import { assertOpenAIError, chatBody, dataOf, openChatStream, postJson, sseReader, startDouble, startProxy } from './harness.mjs';
 
 let double, proxy, slow;
 before(async () => {
@@ -17,12 +17,7 @@ after(async () => {
   await double.stop();
 });
 
-function openStream(base, body, signal) {
-  return fetch(`${base.url}/v1/chat/completions`, {
-    method: 'POST', signal, headers: { 'content-type': 'application/json' },
-    body: JSON.stringify({ stream: true, ...body }),
-  });
-}
+const openStream = openChatStream;
 
 describe('SSE wire format', () => {
   test('headers, role first, content chunks, finish, usage, [DONE]', async () => {
