@@ -133,3 +133,14 @@ test('--healthcheck exits 0 against a live service and 1 otherwise', async () =>
   const wdown = spawnSync(path.join(BIN_DIR, 'memory_worker'), ['--healthcheck'], { env: { MEMORY_WORKER_PORT: '1' } });
   assert.equal(wdown.status, 1);
 });
+
+test('.env.example documents every setting both services list in --help', () => {
+  const documented = new Set([...fs.readFileSync(path.join(ROOT, '.env.example'), 'utf8')
+    .matchAll(/^#?([A-Z][A-Z0-9_]+)=/gm)].map((m) => m[1]));
+  for (const bin of ['llm_proxy', 'memory_worker']) {
+    const help = execFileSync(path.join(BIN_DIR, bin), ['--help'], { encoding: 'utf8' });
+    const vars = [...help.split('Environment:')[1].matchAll(/^ {2}([A-Z][A-Z0-9_]+) /gm)].map((m) => m[1]);
+    assert.ok(vars.length > 10, `${bin} --help lists its variables`);
+    for (const v of vars) assert.ok(documented.has(v), `${v} (${bin}) is missing from .env.example`);
+  }
+});
