@@ -329,27 +329,24 @@ int store_complete(struct store *st, const struct leased_chunk *c, const char *o
     char id[24], count[16];
     snprintf(id, sizeof id, "%lld", c->id);
     snprintf(count, sizeof count, "%d", c->message_count);
-    const char *mp[] = {c->user_id,      c->room_id, summary,     vec,        summary_model,
-                        embedding_model, count,      c->first_at, c->last_at, c->hash};
-    const char *cp[] = {id, owner};
+    const char *params[] = {c->user_id,    c->room_id,      summary, vec,
+                            summary_model, embedding_model, count,   c->first_at,
+                            c->last_at,    c->hash,         id,      owner};
     int rc = -1;
-    if (exec_ok(st, "begin", "BEGIN", 0, NULL) != 0)
-        goto out;
-    if (exec_ok(st, "insert memory",
-                "INSERT INTO memories (user_id, room_id, summary, embedding, summary_model, "
-                "embedding_model, message_count, first_message_at, last_message_at, chunk_hash) "
-                "VALUES ($1, $2, $3, $4::real[], $5, $6, $7, $8::timestamptz, $9::timestamptz, "
-                "$10) ON CONFLICT (user_id, chunk_hash) DO NOTHING",
-                10, mp) != 0 ||
-        exec_ok(st, "mark done",
+    /* One statement, so one round trip and atomic on its own: insert the
+     * memory (idempotent per chunk hash) and mark the chunk done. */
+    if (exec_ok(st, "store memory",
+                "WITH memory AS (INSERT INTO memories (user_id, room_id, summary, embedding, "
+                "summary_model, embedding_model, message_count, first_message_at, "
+                "last_message_at, chunk_hash) VALUES ($1, $2, $3, $4::real[], $5, $6, $7, "
+                "$8::timestamptz, $9::timestamptz, $10) ON CONFLICT (user_id, chunk_hash) DO "
+                "NOTHING) "
                 "UPDATE memory_chunks SET state = 'done', lease_owner = NULL, lease_expires_at = "
-                "NULL, last_error = NULL, updated_at = now() WHERE id = $1 AND state = 'pending' "
-                "AND (lease_owner = $2 OR lease_owner IS NULL OR lease_expires_at < now())",
-                2, cp) != 0 ||
-        exec_ok(st, "commit", "COMMIT", 0, NULL) != 0) {
-        rollback(st);
+                "NULL, last_error = NULL, updated_at = now() WHERE id = $11 AND state = "
+                "'pending' AND (lease_owner = $12 OR lease_owner IS NULL OR lease_expires_at < "
+                "now())",
+                12, params) != 0)
         goto out;
-    }
     rc = 0;
 out:
     free(vec);
