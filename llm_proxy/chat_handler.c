@@ -28,13 +28,6 @@
 #include <string.h>
 #include <time.h>
 
-static void count_tokens(struct proxy *px, const struct chat_usage *u)
-{
-    const char *prompt[] = {"prompt"}, *completion[] = {"completion"};
-    cm_metric_add(px->m_tokens, prompt, (double)u->prompt_tokens);
-    cm_metric_add(px->m_tokens, completion, (double)u->completion_tokens);
-}
-
 /* ------------------------------------------------------------ non-stream */
 
 struct chat_ctx {
@@ -62,7 +55,7 @@ static void chat_ok(struct cm_req *r, const json_t *reply, void *arg)
         proxy_reply_error(r, &err);
         return;
     }
-    count_tokens(c->px, &usage);
+    chat_count_tokens(c->px->m_tokens, &usage);
     cm_req_reply_json(r, 200, out);
 }
 

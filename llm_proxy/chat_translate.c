@@ -3,6 +3,7 @@
 
 #include "cm_alloc.h"
 #include "cm_json.h"
+#include "cm_metrics.h"
 
 #include <math.h>
 #include <openssl/rand.h>
@@ -586,6 +587,13 @@ static void read_usage(const json_t *native, struct chat_usage *u)
 {
     u->prompt_tokens = cm_json_int(native, "prompt_eval_count", 0);
     u->completion_tokens = cm_json_int(native, "eval_count", 0);
+}
+
+void chat_count_tokens(struct cm_metric *tokens, const struct chat_usage *u)
+{
+    const char *prompt[] = {"prompt"}, *completion[] = {"completion"};
+    cm_metric_add(tokens, prompt, (double)u->prompt_tokens);
+    cm_metric_add(tokens, completion, (double)u->completion_tokens);
 }
 
 static json_t *usage_json(const struct chat_usage *u)

@@ -38,6 +38,11 @@ struct chat_usage {
     long long completion_tokens;
 };
 
+/* Adds a reply's token counts to the tokens metric (a struct cm_metric *
+ * counter labelled by type). */
+struct cm_metric;
+void chat_count_tokens(struct cm_metric *tokens, const struct chat_usage *u);
+
 /* Native non-stream reply -> chat.completion. NULL + err (502) if malformed. */
 json_t *chat_response_translate(const json_t *native, const char *model, const char *id,
                                 long long created, struct chat_usage *usage,

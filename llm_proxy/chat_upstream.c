@@ -38,13 +38,6 @@ static void uc_free(struct upstream_chat *uc)
     free(uc);
 }
 
-static void count_tokens(struct proxy *px, const struct chat_usage *u)
-{
-    const char *prompt[] = {"prompt"}, *completion[] = {"completion"};
-    cm_metric_add(px->m_tokens, prompt, (double)u->prompt_tokens);
-    cm_metric_add(px->m_tokens, completion, (double)u->completion_tokens);
-}
-
 static void uc_fail(struct upstream_chat *uc, const struct proxy_error *e)
 {
     cm_hc_cancel(uc->up);
@@ -60,7 +53,7 @@ static void uc_done(struct upstream_chat *uc)
 {
     cm_hc_cancel(uc->up);
     uc->up = NULL;
-    count_tokens(uc->px, &uc->st.usage);
+    chat_count_tokens(uc->px->m_tokens, &uc->st.usage);
     const struct chat_sink_ops *ops = uc->ops;
     void *sink = uc->sink;
     struct chat_usage usage = uc->st.usage;
