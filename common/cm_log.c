@@ -15,6 +15,20 @@ static const char *log_service = "app";
 
 static const char *const level_names[] = {"debug", "info", "warn", "error"};
 
+const char *const cm_log_level_names[] = {"debug", "info", "warn", "warning", "error", NULL};
+const char *const cm_log_format_names[] = {"text", "json", NULL};
+
+void cm_log_init_names(const char *service, const char *level, const char *format)
+{
+    enum cm_log_level l = CM_LOG_INFO;
+    enum cm_log_format f = CM_LOG_TEXT;
+    if (level)
+        cm_log_parse_level(level, &l);
+    if (format)
+        cm_log_parse_format(format, &f);
+    cm_log_init(service, l, f);
+}
+
 void cm_log_init(const char *service, enum cm_log_level level, enum cm_log_format format)
 {
     log_service = service;

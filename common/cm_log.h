@@ -22,6 +22,15 @@ enum cm_log_format { CM_LOG_TEXT = 0, CM_LOG_JSON };
 
 extern enum cm_log_level cm_log_min_level;
 
+/* Accepted LOG_LEVEL and LOG_FORMAT values (NULL-terminated), for the
+ * services' configuration tables. */
+extern const char *const cm_log_level_names[];
+extern const char *const cm_log_format_names[];
+
+/* Initialises from LOG_LEVEL/LOG_FORMAT text already validated against the
+ * lists above (an unknown name keeps the default: info, text). */
+void cm_log_init_names(const char *service, const char *level, const char *format);
+
 /* service: borrowed, must outlive the process (a string literal). */
 void cm_log_init(const char *service, enum cm_log_level level, enum cm_log_format format);
 

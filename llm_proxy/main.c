@@ -191,11 +191,7 @@ int main(int argc, char **argv)
         curl_global_cleanup();
         return rc;
     }
-    enum cm_log_level level = CM_LOG_INFO;
-    enum cm_log_format format = CM_LOG_TEXT;
-    cm_log_parse_level(px->cfg.log_level, &level);
-    cm_log_parse_format(px->cfg.log_format, &format);
-    cm_log_init("llm_proxy", level, format);
+    cm_log_init_names("llm_proxy", px->cfg.log_level, px->cfg.log_format);
     cm_log_capture_libevent();
     signal(SIGPIPE, SIG_IGN);
     /* Each connection is a file descriptor: allow as many as the hard limit. */

@@ -3,204 +3,208 @@
 
 #include <string.h>
 
-static const char *const log_levels[] = {"debug", "info", "warn", "warning", "error", NULL};
-static const char *const log_formats[] = {"text", "json", NULL};
-
-#define TABLE(cfg)                                                                                  \
-    {                                                                                               \
-        {"LLM_PROXY_HOST", CM_CFG_STRING,         "0.0.0.0", 0, 0, NULL, 0,                         \
-         &(cfg)->host,     "Address to listen on"},                                                 \
-            {"LLM_PROXY_PORT",                                                                      \
-             CM_CFG_INT,                                                                            \
-             "8000",                                                                                \
-             0,                                                                                     \
-             65535,                                                                                 \
-             NULL,                                                                                  \
-             0,                                                                                     \
-             &(cfg)->port,                                                                          \
-             "TCP port (0 = any free port)"},                                                       \
-            {"LLM_PROXY_PORT_FILE",                                                                 \
-             CM_CFG_STRING,                                                                         \
-             NULL,                                                                                  \
-             0,                                                                                     \
-             0,                                                                                     \
-             NULL,                                                                                  \
-             0,                                                                                     \
-             &(cfg)->port_file,                                                                     \
-             "Write the bound port to this file once listening"},                                   \
-            {"OLLAMA_URL_INTERNAL",                                                                 \
-             CM_CFG_URL,                                                                            \
-             "http://ollama:11434",                                                                 \
-             0,                                                                                     \
-             0,                                                                                     \
-             NULL,                                                                                  \
-             0,                                                                                     \
-             &(cfg)->ollama_url,                                                                    \
-             "Base URL of the Ollama server"},                                                      \
-            {"CHAT_TIMEOUT",                                                                        \
-             CM_CFG_SECONDS,                                                                        \
-             "60",                                                                                  \
-             0.001,                                                                                 \
-             86400,                                                                                 \
-             NULL,                                                                                  \
-             0,                                                                                     \
-             &(cfg)->chat_timeout,                                                                  \
-             "Chat: whole non-stream request; streams: first byte and each gap (seconds)"},         \
-            {"EMBEDDINGS_TIMEOUT",                                                                  \
-             CM_CFG_SECONDS,                                                                        \
-             "30",                                                                                  \
-             0.001,                                                                                 \
-             86400,                                                                                 \
-             NULL,                                                                                  \
-             0,                                                                                     \
-             &(cfg)->embeddings_timeout,                                                            \
-             "Whole embeddings request (seconds)"},                                                 \
-            {"CONNECT_TIMEOUT",                                                                     \
-             CM_CFG_SECONDS,                                                                        \
-             "5",                                                                                   \
-             0.001,                                                                                 \
-             600,                                                                                   \
-             NULL,                                                                                  \
-             0,                                                                                     \
-             &(cfg)->connect_timeout,                                                               \
-             "Connecting to Ollama (seconds)"},                                                     \
-            {"LLM_PROXY_IDLE_TIMEOUT",                                                              \
-             CM_CFG_SECONDS,                                                                        \
-             "60",                                                                                  \
-             0.001,                                                                                 \
-             86400,                                                                                 \
-             NULL,                                                                                  \
-             0,                                                                                     \
-             &(cfg)->idle_timeout,                                                                  \
-             "Client connection read/write inactivity limit (seconds)"},                            \
-            {"SSE_KEEPALIVE_INTERVAL",                                                              \
-             CM_CFG_SECONDS,                                                                        \
-             "15",                                                                                  \
-             0.01,                                                                                  \
-             3600,                                                                                  \
-             NULL,                                                                                  \
-             0,                                                                                     \
-             &(cfg)->sse_keepalive,                                                                 \
-             "SSE comment sent while the upstream is silent (seconds)"},                            \
-            {"SHUTDOWN_GRACE",                                                                      \
-             CM_CFG_SECONDS,                                                                        \
-             "10",                                                                                  \
-             0,                                                                                     \
-             3600,                                                                                  \
-             NULL,                                                                                  \
-             0,                                                                                     \
-             &(cfg)->shutdown_grace,                                                                \
-             "On SIGTERM, time in-flight requests get to finish (seconds)"},                        \
-            {"MAX_BODY_BYTES",                                                                      \
-             CM_CFG_BYTES,                                                                          \
-             "16MiB",                                                                               \
-             1024,                                                                                  \
-             1073741824.0,                                                                          \
-             NULL,                                                                                  \
-             0,                                                                                     \
-             &(cfg)->max_body_bytes,                                                                \
-             "Largest accepted request body (413 above)"},                                          \
-            {"LLM_PROXY_MAX_HEADER_BYTES",                                                          \
-             CM_CFG_BYTES,                                                                          \
-             "64KiB",                                                                               \
-             1024,                                                                                  \
-             16777216,                                                                              \
-             NULL,                                                                                  \
-             0,                                                                                     \
-             &(cfg)->max_header_bytes,                                                              \
-             "Largest request line plus headers"},                                                  \
-            {"LLM_PROXY_API_KEY",                                                                   \
-             CM_CFG_STRING,                                                                         \
-             NULL,                                                                                  \
-             0,                                                                                     \
-             0,                                                                                     \
-             NULL,                                                                                  \
-             1,                                                                                     \
-             &(cfg)->api_key,                                                                       \
-             "When set, /v1/* requires Authorization: Bearer <key>"},                               \
-            {"LLM_PROXY_MAX_CONNECTIONS",                                                           \
-             CM_CFG_INT,                                                                            \
-             "16384",                                                                               \
-             0,                                                                                     \
-             10000000,                                                                              \
-             NULL,                                                                                  \
-             0,                                                                                     \
-             &(cfg)->max_connections,                                                               \
-             "Open client connections at most (0 = no cap)"},                                       \
-            {"LLM_PROXY_REQUEST_READ_TIMEOUT",                                                      \
-             CM_CFG_SECONDS,                                                                        \
-             "30",                                                                                  \
-             0.01,                                                                                  \
-             86400,                                                                                 \
-             NULL,                                                                                  \
-             0,                                                                                     \
-             &(cfg)->request_read_timeout,                                                          \
-             "A request's line, headers and body must all arrive within this (seconds)"},           \
-            {"LLM_PROXY_MAX_UPSTREAM",                                                              \
-             CM_CFG_INT,                                                                            \
-             "64",                                                                                  \
-             1,                                                                                     \
-             100000,                                                                                \
-             NULL,                                                                                  \
-             0,                                                                                     \
-             &(cfg)->max_upstream,                                                                  \
-             "Upstream requests running at once; more wait in a queue"},                            \
-            {"LLM_PROXY_QUEUE_SIZE",                                                                \
-             CM_CFG_INT,                                                                            \
-             "256",                                                                                 \
-             0,                                                                                     \
-             1000000,                                                                               \
-             NULL,                                                                                  \
-             0,                                                                                     \
-             &(cfg)->queue_size,                                                                    \
-             "Requests that may wait for an upstream slot; beyond it 429 with Retry-After"},        \
-            {"LLM_PROXY_QUEUE_TIMEOUT",                                                             \
-             CM_CFG_SECONDS,                                                                        \
-             "30",                                                                                  \
-             0.001,                                                                                 \
-             3600,                                                                                  \
-             NULL,                                                                                  \
-             0,                                                                                     \
-             &(cfg)->queue_timeout,                                                                 \
-             "Longest wait for an upstream slot; then 503 with Retry-After"},                       \
-            {"WS_MAX_INFLIGHT",                                                                     \
-             CM_CFG_INT,                                                                            \
-             "4",                                                                                   \
-             1,                                                                                     \
-             1024,                                                                                  \
-             NULL,                                                                                  \
-             0,                                                                                     \
-             &(cfg)->ws_max_inflight,                                                               \
-             "WebSocket: chat requests in flight per connection"},                                  \
-            {"WS_PING_INTERVAL",                                                                    \
-             CM_CFG_SECONDS,                                                                        \
-             "30",                                                                                  \
-             0.01,                                                                                  \
-             86400,                                                                                 \
-             NULL,                                                                                  \
-             0,                                                                                     \
-             &(cfg)->ws_ping_interval,                                                              \
-             "WebSocket: ping idle connections this often; no pong by the next ping closes"},       \
-            {"WS_MAX_MESSAGE_BYTES",                                                                \
-             CM_CFG_BYTES,                                                                          \
-             "1MiB",                                                                                \
-             1024,                                                                                  \
-             268435456,                                                                             \
-             NULL,                                                                                  \
-             0,                                                                                     \
-             &(cfg)->ws_max_message_bytes,                                                          \
-             "WebSocket: largest message accepted (close 1009 above)"},                             \
-            {"LOG_LEVEL",                                                                           \
-             CM_CFG_ENUM,                                                                           \
-             "info",                                                                                \
-             0,                                                                                     \
-             0,                                                                                     \
-             log_levels,                                                                            \
-             0,                                                                                     \
-             &(cfg)->log_level,                                                                     \
-             "debug, info, warn or error"},                                                         \
-            {"LOG_FORMAT",           CM_CFG_ENUM, "text", 0, 0, log_formats, 0, &(cfg)->log_format, \
-             "text (logfmt) or json"},                                                              \
+#define TABLE(cfg)                                                                                 \
+    {                                                                                              \
+        {"LLM_PROXY_HOST", CM_CFG_STRING,         "0.0.0.0", 0, 0, NULL, 0,                        \
+         &(cfg)->host,     "Address to listen on"},                                                \
+            {"LLM_PROXY_PORT",                                                                     \
+             CM_CFG_INT,                                                                           \
+             "8000",                                                                               \
+             0,                                                                                    \
+             65535,                                                                                \
+             NULL,                                                                                 \
+             0,                                                                                    \
+             &(cfg)->port,                                                                         \
+             "TCP port (0 = any free port)"},                                                      \
+            {"LLM_PROXY_PORT_FILE",                                                                \
+             CM_CFG_STRING,                                                                        \
+             NULL,                                                                                 \
+             0,                                                                                    \
+             0,                                                                                    \
+             NULL,                                                                                 \
+             0,                                                                                    \
+             &(cfg)->port_file,                                                                    \
+             "Write the bound port to this file once listening"},                                  \
+            {"OLLAMA_URL_INTERNAL",                                                                \
+             CM_CFG_URL,                                                                           \
+             "http://ollama:11434",                                                                \
+             0,                                                                                    \
+             0,                                                                                    \
+             NULL,                                                                                 \
+             0,                                                                                    \
+             &(cfg)->ollama_url,                                                                   \
+             "Base URL of the Ollama server"},                                                     \
+            {"CHAT_TIMEOUT",                                                                       \
+             CM_CFG_SECONDS,                                                                       \
+             "60",                                                                                 \
+             0.001,                                                                                \
+             86400,                                                                                \
+             NULL,                                                                                 \
+             0,                                                                                    \
+             &(cfg)->chat_timeout,                                                                 \
+             "Chat: whole non-stream request; streams: first byte and each gap (seconds)"},        \
+            {"EMBEDDINGS_TIMEOUT",                                                                 \
+             CM_CFG_SECONDS,                                                                       \
+             "30",                                                                                 \
+             0.001,                                                                                \
+             86400,                                                                                \
+             NULL,                                                                                 \
+             0,                                                                                    \
+             &(cfg)->embeddings_timeout,                                                           \
+             "Whole embeddings request (seconds)"},                                                \
+            {"CONNECT_TIMEOUT",                                                                    \
+             CM_CFG_SECONDS,                                                                       \
+             "5",                                                                                  \
+             0.001,                                                                                \
+             600,                                                                                  \
+             NULL,                                                                                 \
+             0,                                                                                    \
+             &(cfg)->connect_timeout,                                                              \
+             "Connecting to Ollama (seconds)"},                                                    \
+            {"LLM_PROXY_IDLE_TIMEOUT",                                                             \
+             CM_CFG_SECONDS,                                                                       \
+             "60",                                                                                 \
+             0.001,                                                                                \
+             86400,                                                                                \
+             NULL,                                                                                 \
+             0,                                                                                    \
+             &(cfg)->idle_timeout,                                                                 \
+             "Client connection read/write inactivity limit (seconds)"},                           \
+            {"SSE_KEEPALIVE_INTERVAL",                                                             \
+             CM_CFG_SECONDS,                                                                       \
+             "15",                                                                                 \
+             0.01,                                                                                 \
+             3600,                                                                                 \
+             NULL,                                                                                 \
+             0,                                                                                    \
+             &(cfg)->sse_keepalive,                                                                \
+             "SSE comment sent while the upstream is silent (seconds)"},                           \
+            {"SHUTDOWN_GRACE",                                                                     \
+             CM_CFG_SECONDS,                                                                       \
+             "10",                                                                                 \
+             0,                                                                                    \
+             3600,                                                                                 \
+             NULL,                                                                                 \
+             0,                                                                                    \
+             &(cfg)->shutdown_grace,                                                               \
+             "On SIGTERM, time in-flight requests get to finish (seconds)"},                       \
+            {"MAX_BODY_BYTES",                                                                     \
+             CM_CFG_BYTES,                                                                         \
+             "16MiB",                                                                              \
+             1024,                                                                                 \
+             1073741824.0,                                                                         \
+             NULL,                                                                                 \
+             0,                                                                                    \
+             &(cfg)->max_body_bytes,                                                               \
+             "Largest accepted request body (413 above)"},                                         \
+            {"LLM_PROXY_MAX_HEADER_BYTES",                                                         \
+             CM_CFG_BYTES,                                                                         \
+             "64KiB",                                                                              \
+             1024,                                                                                 \
+             16777216,                                                                             \
+             NULL,                                                                                 \
+             0,                                                                                    \
+             &(cfg)->max_header_bytes,                                                             \
+             "Largest request line plus headers"},                                                 \
+            {"LLM_PROXY_API_KEY",                                                                  \
+             CM_CFG_STRING,                                                                        \
+             NULL,                                                                                 \
+             0,                                                                                    \
+             0,                                                                                    \
+             NULL,                                                                                 \
+             1,                                                                                    \
+             &(cfg)->api_key,                                                                      \
+             "When set, /v1/* requires Authorization: Bearer <key>"},                              \
+            {"LLM_PROXY_MAX_CONNECTIONS",                                                          \
+             CM_CFG_INT,                                                                           \
+             "16384",                                                                              \
+             0,                                                                                    \
+             10000000,                                                                             \
+             NULL,                                                                                 \
+             0,                                                                                    \
+             &(cfg)->max_connections,                                                              \
+             "Open client connections at most (0 = no cap)"},                                      \
+            {"LLM_PROXY_REQUEST_READ_TIMEOUT",                                                     \
+             CM_CFG_SECONDS,                                                                       \
+             "30",                                                                                 \
+             0.01,                                                                                 \
+             86400,                                                                                \
+             NULL,                                                                                 \
+             0,                                                                                    \
+             &(cfg)->request_read_timeout,                                                         \
+             "A request's line, headers and body must all arrive within this (seconds)"},          \
+            {"LLM_PROXY_MAX_UPSTREAM",                                                             \
+             CM_CFG_INT,                                                                           \
+             "64",                                                                                 \
+             1,                                                                                    \
+             100000,                                                                               \
+             NULL,                                                                                 \
+             0,                                                                                    \
+             &(cfg)->max_upstream,                                                                 \
+             "Upstream requests running at once; more wait in a queue"},                           \
+            {"LLM_PROXY_QUEUE_SIZE",                                                               \
+             CM_CFG_INT,                                                                           \
+             "256",                                                                                \
+             0,                                                                                    \
+             1000000,                                                                              \
+             NULL,                                                                                 \
+             0,                                                                                    \
+             &(cfg)->queue_size,                                                                   \
+             "Requests that may wait for an upstream slot; beyond it 429 with Retry-After"},       \
+            {"LLM_PROXY_QUEUE_TIMEOUT",                                                            \
+             CM_CFG_SECONDS,                                                                       \
+             "30",                                                                                 \
+             0.001,                                                                                \
+             3600,                                                                                 \
+             NULL,                                                                                 \
+             0,                                                                                    \
+             &(cfg)->queue_timeout,                                                                \
+             "Longest wait for an upstream slot; then 503 with Retry-After"},                      \
+            {"WS_MAX_INFLIGHT",                                                                    \
+             CM_CFG_INT,                                                                           \
+             "4",                                                                                  \
+             1,                                                                                    \
+             1024,                                                                                 \
+             NULL,                                                                                 \
+             0,                                                                                    \
+             &(cfg)->ws_max_inflight,                                                              \
+             "WebSocket: chat requests in flight per connection"},                                 \
+            {"WS_PING_INTERVAL",                                                                   \
+             CM_CFG_SECONDS,                                                                       \
+             "30",                                                                                 \
+             0.01,                                                                                 \
+             86400,                                                                                \
+             NULL,                                                                                 \
+             0,                                                                                    \
+             &(cfg)->ws_ping_interval,                                                             \
+             "WebSocket: ping idle connections this often; no pong by the next ping closes"},      \
+            {"WS_MAX_MESSAGE_BYTES",                                                               \
+             CM_CFG_BYTES,                                                                         \
+             "1MiB",                                                                               \
+             1024,                                                                                 \
+             268435456,                                                                            \
+             NULL,                                                                                 \
+             0,                                                                                    \
+             &(cfg)->ws_max_message_bytes,                                                         \
+             "WebSocket: largest message accepted (close 1009 above)"},                            \
+            {"LOG_LEVEL",                                                                          \
+             CM_CFG_ENUM,                                                                          \
+             "info",                                                                               \
+             0,                                                                                    \
+             0,                                                                                    \
+             cm_log_level_names,                                                                   \
+             0,                                                                                    \
+             &(cfg)->log_level,                                                                    \
+             "debug, info, warn or error"},                                                        \
+            {"LOG_FORMAT",                                                                         \
+             CM_CFG_ENUM,                                                                          \
+             "text",                                                                               \
+             0,                                                                                    \
+             0,                                                                                    \
+             cm_log_format_names,                                                                  \
+             0,                                                                                    \
+             &(cfg)->log_format,                                                                   \
+             "text (logfmt) or json"},                                                             \
     }
 
 int proxy_config_load(struct proxy_config *cfg, cm_cfg_getenv_cb getenv_fn, void *ctx, char *err,

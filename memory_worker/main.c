@@ -124,11 +124,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "memory_worker: configuration error: %s\n", err);
         return 2;
     }
-    enum cm_log_level level = CM_LOG_INFO;
-    enum cm_log_format format = CM_LOG_TEXT;
-    cm_log_parse_level(cfg.log_level, &level);
-    cm_log_parse_format(cfg.log_format, &format);
-    cm_log_init("memory_worker", level, format);
+    cm_log_init_names("memory_worker", cfg.log_level, cfg.log_format);
     curl_global_init(CURL_GLOBAL_DEFAULT);
     int rc = 0;
     if (do_health || do_replay) {

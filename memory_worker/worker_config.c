@@ -2,13 +2,11 @@
 #include "worker_config.h"
 
 #include "cm_alloc.h"
+#include "cm_log.h"
 
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-
-static const char *const log_levels[] = {"debug", "info", "warn", "warning", "error", NULL};
-static const char *const log_formats[] = {"text", "json", NULL};
 
 #define TABLE(c)                                                                                   \
     {                                                                                              \
@@ -231,11 +229,18 @@ static const char *const log_formats[] = {"text", "json", NULL};
              "info",                                                                               \
              0,                                                                                    \
              0,                                                                                    \
-             log_levels,                                                                           \
+             cm_log_level_names,                                                                   \
              0,                                                                                    \
              &(c)->log_level,                                                                      \
              "debug, info, warn or error"},                                                        \
-            {"LOG_FORMAT",           CM_CFG_ENUM, "text", 0, 0, log_formats, 0, &(c)->log_format,  \
+            {"LOG_FORMAT",                                                                         \
+             CM_CFG_ENUM,                                                                          \
+             "text",                                                                               \
+             0,                                                                                    \
+             0,                                                                                    \
+             cm_log_format_names,                                                                  \
+             0,                                                                                    \
+             &(c)->log_format,                                                                     \
              "text (logfmt) or json"},                                                             \
             {"WORKER_ID",                                                                          \
              CM_CFG_STRING,                                                                        \
