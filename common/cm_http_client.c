@@ -589,9 +589,7 @@ void cm_hc_resume(struct cm_hc_req *req)
         return;
     req->paused = 0;
     arm_idle(req);
-    struct cm_hc *hc = req->hc;
     curl_easy_pause(req->easy, CURLPAUSE_CONT);
-    (void)hc;
 }
 
 const char *cm_hc_retry_after(const struct cm_hc_req *req)

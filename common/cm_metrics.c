@@ -13,7 +13,6 @@ enum metric_kind { KIND_COUNTER, KIND_GAUGE, KIND_HISTOGRAM };
 
 struct series {
     struct series *next;
-    char *key;     /* label values joined by '\x1f' */
     char **values; /* nlabels strings */
     double value;  /* counter/gauge */
     double sum;    /* histogram */
@@ -47,7 +46,6 @@ static void series_free(struct series *s, size_t nlabels)
     for (size_t i = 0; i < nlabels; i++)
         free(s->values[i]);
     free(s->values);
-    free(s->key);
     free(s->bucket_counts);
     free(s);
 }
@@ -124,32 +122,25 @@ struct cm_metric *cm_metrics_histogram(struct cm_metrics *m, const char *name, c
     return mt;
 }
 
+static int series_matches(const struct cm_metric *mt, const struct series *s,
+                          const char *const *values)
+{
+    for (size_t i = 0; i < mt->nlabels; i++)
+        if (strcmp(s->values[i], values[i]) != 0)
+            return 0;
+    return 1;
+}
+
+/* Runs on every update (several per request): no allocation unless the
+ * series is new. */
 static struct series *series_get(struct cm_metric *mt, const char *const *values, int create)
 {
-    size_t klen = 1;
-    for (size_t i = 0; i < mt->nlabels; i++)
-        klen += strlen(values[i]) + 1;
-    char *key = cm_xmalloc(klen);
-    char *p = key;
-    for (size_t i = 0; i < mt->nlabels; i++) {
-        size_t l = strlen(values[i]);
-        memcpy(p, values[i], l);
-        p += l;
-        *p++ = '\x1f';
-    }
-    *p = '\0';
-    for (struct series *s = mt->series; s; s = s->next) {
-        if (strcmp(s->key, key) == 0) {
-            free(key);
+    for (struct series *s = mt->series; s; s = s->next)
+        if (series_matches(mt, s, values))
             return s;
-        }
-    }
-    if (!create) {
-        free(key);
+    if (!create)
         return NULL;
-    }
     struct series *s = cm_xcalloc(1, sizeof *s);
-    s->key = key;
     s->values = cm_xcalloc(mt->nlabels ? mt->nlabels : 1, sizeof(char *));
     for (size_t i = 0; i < mt->nlabels; i++)
         s->values[i] = cm_xstrdup(values[i]);
