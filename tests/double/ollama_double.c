@@ -16,6 +16,7 @@
  *                    POST /_double/release
  *   @slow=MS         stream: wait MS between lines
  *   @words=N         answer with N words
+ *   @pad=N           with @words: each word padded with N bytes
  *   @inline-think    reasoning inline in content (<think>...</think>)
  *   @orphan-think    content starts with reasoning and a lone </think>
  *   @slow=MS         (non-stream) answer after MS
@@ -378,15 +379,20 @@ static long directive_num(const char *text, const char *name, long def)
 }
 
 /* Words of the answer, directives dropped. Returns a JSON array of strings. */
-static json_t *answer_words(const char *text, long nwords)
+static json_t *answer_words(const char *text, long nwords, long pad)
 {
     json_t *words = json_array();
     if (nwords > 0) {
+        if (pad < 0 || pad > 65536)
+            pad = 0;
+        char *w = cm_xmalloc((size_t)pad + 32);
         for (long i = 0; i < nwords; i++) {
-            char w[32];
-            snprintf(w, sizeof w, "%sw%ld", i ? " " : "", i);
+            int n = snprintf(w, 32, "%sw%ld", i ? " " : "", i);
+            memset(w + n, 'x', (size_t)pad);
+            w[n + pad] = '\0';
             json_array_append_new(words, json_string(w));
         }
+        free(w);
         return words;
     }
     json_array_append_new(words, json_string("Echo:"));
@@ -542,7 +548,8 @@ static void handle_chat(struct cm_req *r, void *arg)
     int separated = mi->thinking && !json_is_false(think);
     int inline_th = mi->inline_th || strstr(text, "@inline-think") != NULL;
     long num_predict = cm_json_int(options, "num_predict", -1);
-    json_t *words = answer_words(text, directive_num(text, "@words=", 0));
+    json_t *words =
+        answer_words(text, directive_num(text, "@words=", 0), directive_num(text, "@pad=", 0));
     json_t *lines = json_array();
     if (separated) {
         json_array_append_new(lines, line_new(model, "", "The user"));

@@ -338,7 +338,9 @@ describe('liveness', () => {
     const stallsBefore = (await double.stats()).stalls;
     ws._socket.pause(); // stop reading
     const words = 40000;
-    ws.sendJson(chat('slow', `@words=${words}`, { think: false }));
+    // ~40 MB in all: far more than every socket buffer on the way can hold,
+    // so the double must block at some point whatever the TCP autotuning.
+    ws.sendJson(chat('slow', `@words=${words} @pad=1000`, { think: false }));
     // The double blocks on its writes once llm_proxy stops reading from it
     // (without backpressure it never would, and this loop would time out).
     while ((await double.stats()).stalls === stallsBefore);
