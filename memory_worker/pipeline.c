@@ -102,10 +102,15 @@ void pipeline_config_error(struct pipeline *p, char *out, size_t len)
 static void set_config_error(struct pipeline *p, const char *msg)
 {
     pthread_mutex_lock(&p->mu);
-    int fresh = strcmp(p->config_error, msg ? msg : "") != 0;
-    snprintf(p->config_error, sizeof p->config_error, "%s", msg ? msg : "");
+    if (!msg)
+        msg = "";
+    /* Truncated on purpose: the reason is for /ready and logs. */
+    size_t n = strnlen(msg, sizeof p->config_error - 1);
+    int fresh = strncmp(p->config_error, msg, n) != 0 || p->config_error[n] != '\0';
+    memcpy(p->config_error, msg, n);
+    p->config_error[n] = '\0';
     pthread_mutex_unlock(&p->mu);
-    if (msg && fresh)
+    if (*msg && fresh)
         CM_ERROR(NULL, "config_error",
                  "llm_proxy rejects our requests: %s (check SUMMARY_MODEL, EMBEDDING_MODEL, "
                  "EMBEDDING_DIM, LLM_PROXY_API_KEY); /ready is 503 until this is fixed",
