@@ -1,5 +1,6 @@
 /* cm_http_server: evhttp server helper (see cm_http_server.h for the lifecycle). */
 #include "cm_http_server.h"
+#include "cm_origin.h"
 
 #include "cm_alloc.h"
 #include "cm_conn_guard.h"
@@ -671,12 +672,8 @@ json_t *cm_req_parse_json_object(struct cm_req *r)
 
 /* ---------------------------------------------------------------- dispatch */
 
-int cm_http_server_has_key(const struct cm_http_server *srv)
-{
-    return srv->has_api_key;
-}
-
-int cm_http_server_key_ok(const struct cm_http_server *srv, const char *key)
+/* Constant-time check of a key against the configured one (1 = match). */
+static int key_ok(const struct cm_http_server *srv, const char *key)
 {
     if (!srv->has_api_key)
         return 1;
@@ -688,17 +685,35 @@ int cm_http_server_key_ok(const struct cm_http_server *srv, const char *key)
     return CRYPTO_memcmp(h, srv->api_key_hash, sizeof h) == 0;
 }
 
-static int check_api_key(struct cm_http_server *srv, struct cm_req *r, int *sent_key)
+/* The one API-key check (see cm_http_server.h for where the key may come
+ * from). Returns 0 when the key matches. */
+static int check_api_key(struct cm_http_server *srv, struct cm_req *r, unsigned flags,
+                         int *sent_key)
 {
     const char *auth = cm_req_header(r, "Authorization");
-    *sent_key = 0;
-    if (!auth || strncasecmp(auth, "Bearer ", 7) != 0)
-        return -1;
-    const char *key = auth + 7;
-    while (*key == ' ')
-        key++;
-    *sent_key = *key != '\0';
-    return cm_http_server_key_ok(srv, key) ? 0 : -1;
+    const char *key = NULL;
+    if (auth && strncasecmp(auth, "Bearer ", 7) == 0) {
+        key = auth + 7;
+        while (*key == ' ')
+            key++;
+    } else if (flags & CM_ROUTE_AUTH_QUERY) {
+        key = cm_req_query(r, "api_key");
+    }
+    *sent_key = key && *key != '\0';
+    return *sent_key && key_ok(srv, key) ? 0 : -1;
+}
+
+/* 1 when the request's Origin may reach this route (see cm_http_server.h). */
+static int origin_ok(struct cm_http_server *srv, struct cm_req *r, enum evhttp_cmd_type cmd,
+                     unsigned flags)
+{
+    if (!srv->opts.origins)
+        return 1;
+    int safe = cmd == EVHTTP_REQ_GET || cmd == EVHTTP_REQ_HEAD || cmd == EVHTTP_REQ_OPTIONS;
+    if (safe && !(flags & CM_ROUTE_STRICT_ORIGIN))
+        return 1;
+    return cm_origin_allowed(srv->opts.origins, cm_req_header(r, "Origin"),
+                             cm_req_header(r, "Host"));
 }
 
 static void gencb(struct evhttp_request *req, void *arg)
@@ -784,9 +799,16 @@ static void gencb(struct evhttp_request *req, void *arg)
                            "shutting_down");
         return;
     }
+    if (!origin_ok(srv, r, cmd, match->flags)) {
+        cm_req_reply_error(r, 403, "invalid_request_error",
+                           "Requests from this Origin are not allowed (see "
+                           "LLM_PROXY_ALLOWED_ORIGINS).",
+                           NULL, "origin_not_allowed");
+        return;
+    }
     if ((match->flags & CM_ROUTE_AUTH) && srv->has_api_key) {
         int sent_key;
-        if (check_api_key(srv, r, &sent_key) != 0) {
+        if (check_api_key(srv, r, match->flags, &sent_key) != 0) {
             cm_req_add_header(r, "WWW-Authenticate", "Bearer");
             if (sent_key)
                 cm_req_reply_error(r, 401, "invalid_request_error", "Incorrect API key provided.",

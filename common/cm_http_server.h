@@ -45,9 +45,13 @@ enum cm_method {
 
 /* Route flags. */
 enum {
-    CM_ROUTE_PREFIX = 1 << 0,   /* path is a prefix ("/v1/models/") */
-    CM_ROUTE_AUTH = 1 << 1,     /* needs the API key when one is configured */
-    CM_ROUTE_DRAIN_OK = 1 << 2, /* still served while draining (health, metrics) */
+    CM_ROUTE_PREFIX = 1 << 0,        /* path is a prefix ("/v1/models/") */
+    CM_ROUTE_AUTH = 1 << 1,          /* needs the API key when one is configured */
+    CM_ROUTE_DRAIN_OK = 1 << 2,      /* still served while draining (health, metrics) */
+    CM_ROUTE_AUTH_QUERY = 1 << 3,    /* with AUTH: the key may also come as ?api_key=
+                                        (browsers cannot set headers on a WebSocket) */
+    CM_ROUTE_STRICT_ORIGIN = 1 << 4, /* refuse a disallowed Origin on every method, GET
+                                        included (a WebSocket upgrade has no preflight) */
 };
 
 typedef void (*cm_route_cb)(struct cm_req *r, void *arg);
@@ -55,15 +59,26 @@ typedef void (*cm_req_abort_cb)(struct cm_req *r, void *arg);
 typedef void (*cm_req_drain_cb)(struct cm_req *r, void *arg);
 typedef void (*cm_req_done_cb)(const struct cm_req *r, void *arg);
 
+struct cm_origin_policy;
+
+/*
+ * Browser origins (opts.origins, see cm_origin.h): a request whose Origin
+ * the policy refuses gets 403 (code "origin_not_allowed") when its method
+ * can change state (anything but GET, HEAD and OPTIONS) or its route is
+ * CM_ROUTE_STRICT_ORIGIN. The API key is checked after the origin, by one
+ * check for every route: "Authorization: Bearer KEY" (spaces after Bearer
+ * ignored), or ?api_key=KEY on CM_ROUTE_AUTH_QUERY routes.
+ */
 struct cm_http_server_opts {
-    const char *host;              /* borrowed during cm_http_server_start() */
-    int port;                      /* 0 = any free port */
-    long long max_body_bytes;      /* request body limit (413) */
-    long long max_header_bytes;    /* request line + headers limit */
-    double idle_timeout_s;         /* read/write timeout of connections */
-    const char *api_key;           /* copied; NULL or "" = no auth */
-    unsigned max_connections;      /* 0 = no cap (see cm_conn_guard.h) */
-    double request_read_timeout_s; /* whole request must arrive within; 0 = none */
+    const char *host;                       /* borrowed during cm_http_server_start() */
+    int port;                               /* 0 = any free port */
+    long long max_body_bytes;               /* request body limit (413) */
+    long long max_header_bytes;             /* request line + headers limit */
+    double idle_timeout_s;                  /* read/write timeout of connections */
+    const char *api_key;                    /* copied; NULL or "" = no auth */
+    unsigned max_connections;               /* 0 = no cap (see cm_conn_guard.h) */
+    double request_read_timeout_s;          /* whole request must arrive within; 0 = none */
+    const struct cm_origin_policy *origins; /* borrowed, outlives the server; NULL = allow all */
 };
 
 struct cm_http_server *cm_http_server_new(struct event_base *base,
@@ -172,9 +187,5 @@ struct cm_upgraded *cm_req_upgrade(struct cm_req *r, const char *const *headers,
 void cm_upgraded_close(struct cm_upgraded *up);
 /* Takeovers still open. */
 unsigned cm_http_server_upgraded(const struct cm_http_server *srv);
-/* Constant-time check of a key against the configured API key (1 = match;
- * also 1 when no key is configured). */
-int cm_http_server_key_ok(const struct cm_http_server *srv, const char *key);
-int cm_http_server_has_key(const struct cm_http_server *srv);
 
 #endif

@@ -142,7 +142,9 @@ static void setup_routes(struct proxy *px)
     cm_http_server_route(s, CM_GET, "/v1/models", CM_ROUTE_AUTH, "models", models_handle_list, px);
     cm_http_server_route(s, CM_GET, "/v1/models/", CM_ROUTE_AUTH | CM_ROUTE_PREFIX, "model",
                          models_handle_get, px);
-    cm_http_server_route(s, CM_GET, "/ws/chat", 0, "ws_chat", ws_handle_upgrade, px);
+    cm_http_server_route(s, CM_GET, "/ws/chat",
+                         CM_ROUTE_AUTH | CM_ROUTE_AUTH_QUERY | CM_ROUTE_STRICT_ORIGIN, "ws_chat",
+                         ws_handle_upgrade, px);
     cm_http_server_route(s, CM_GET, "/health", CM_ROUTE_DRAIN_OK, "health", health_handle_live, px);
     cm_http_server_route(s, CM_GET, "/ready", CM_ROUTE_DRAIN_OK, "ready", health_handle_ready, px);
     cm_http_server_route(s, CM_GET, "/metrics", CM_ROUTE_DRAIN_OK, "metrics", health_handle_metrics,
@@ -218,7 +220,8 @@ int main(int argc, char **argv)
                                      .idle_timeout_s = px->cfg.idle_timeout,
                                      .api_key = px->cfg.api_key,
                                      .max_connections = (unsigned)px->cfg.max_connections,
-                                     .request_read_timeout_s = px->cfg.request_read_timeout};
+                                     .request_read_timeout_s = px->cfg.request_read_timeout,
+                                     .origins = px->cfg.origins};
     px->srv = cm_http_server_new(px->base, &so);
     cm_http_server_on_done(px->srv, record_done, px);
     setup_routes(px);

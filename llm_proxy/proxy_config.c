@@ -1,6 +1,7 @@
 /* proxy_config: llm_proxy's configuration table (see proxy_config.h). */
 #include "proxy_config.h"
 
+#include <stdio.h>
 #include <string.h>
 
 #define TABLE(cfg)                                                                                 \
@@ -115,6 +116,16 @@
              1,                                                                                    \
              &(cfg)->api_key,                                                                      \
              "When set, /v1/* requires Authorization: Bearer <key>"},                              \
+            {"LLM_PROXY_ALLOWED_ORIGINS",                                                          \
+             CM_CFG_STRING,                                                                        \
+             NULL,                                                                                 \
+             0,                                                                                    \
+             0,                                                                                    \
+             NULL,                                                                                 \
+             0,                                                                                    \
+             &(cfg)->allowed_origins,                                                              \
+             "Browser origins allowed (CORS, WebSocket): comma list or *; unset = localhost and "  \
+             "same-origin only"},                                                                  \
             {"LLM_PROXY_MAX_CONNECTIONS",                                                          \
              CM_CFG_INT,                                                                           \
              "16384",                                                                              \
@@ -211,13 +222,24 @@ int proxy_config_load(struct proxy_config *cfg, cm_cfg_getenv_cb getenv_fn, void
                       size_t errlen)
 {
     const struct cm_cfg table[] = TABLE(cfg);
-    return cm_cfg_load(table, sizeof table / sizeof table[0], getenv_fn, ctx, err, errlen);
+    if (cm_cfg_load(table, sizeof table / sizeof table[0], getenv_fn, ctx, err, errlen) != 0)
+        return -1;
+    char why[200];
+    cfg->origins = cm_origin_policy_new(cfg->allowed_origins, why, sizeof why);
+    if (!cfg->origins) {
+        snprintf(err, errlen, "LLM_PROXY_ALLOWED_ORIGINS: %s", why);
+        proxy_config_free(cfg);
+        return -1;
+    }
+    return 0;
 }
 
 void proxy_config_free(struct proxy_config *cfg)
 {
     const struct cm_cfg table[] = TABLE(cfg);
     cm_cfg_free(table, sizeof table / sizeof table[0]);
+    cm_origin_policy_free(cfg->origins);
+    cfg->origins = NULL;
 }
 
 void proxy_config_help(FILE *out)

@@ -1,12 +1,13 @@
 /*
  * proxy_config: llm_proxy's settings, one table (see cm_config.h).
- * Ownership: strings belong to the struct; free with proxy_config_free().
+ * Ownership: strings and the origin policy belong to the struct; free with proxy_config_free().
  */
 #ifndef PROXY_CONFIG_H
 #define PROXY_CONFIG_H
 
 #include "cm_config.h"
 #include "cm_log.h"
+#include "cm_origin.h"
 
 struct proxy_config {
     char *host;
@@ -22,6 +23,8 @@ struct proxy_config {
     long long max_body_bytes;
     long long max_header_bytes;
     char *api_key;
+    char *allowed_origins;
+    struct cm_origin_policy *origins; /* parsed allowed_origins, owned */
     long long max_connections;
     double request_read_timeout;
     long long max_upstream;

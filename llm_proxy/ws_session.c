@@ -573,29 +573,9 @@ static int valid_key(const char *key)
 
 void ws_handle_upgrade(struct cm_req *r, void *arg)
 {
+    /* The route (main.c) has the API key and the Origin checked, and the
+     * server refuses new requests while draining, before this runs. */
     struct proxy *px = arg;
-    if (cm_http_server_has_key(px->srv)) {
-        const char *auth = cm_req_header(r, "Authorization");
-        const char *key = NULL;
-        if (auth && strncasecmp(auth, "Bearer ", 7) == 0)
-            key = auth + 7;
-        else
-            key = cm_req_query(r, "api_key");
-        if (!cm_http_server_key_ok(px->srv, key)) {
-            cm_req_reply_error(r, 401, "invalid_request_error",
-                               key ? "Incorrect API key provided."
-                                   : "You didn't provide an API key (Authorization: Bearer or "
-                                     "the api_key query parameter).",
-                               NULL, key ? "invalid_api_key" : NULL);
-            return;
-        }
-    }
-    if (cm_http_server_draining(px->srv)) {
-        cm_req_add_header(r, "Connection", "close");
-        cm_req_reply_error(r, 503, "service_unavailable_error", "The server is shutting down.",
-                           NULL, "shutting_down");
-        return;
-    }
     const char *upgrade = cm_req_header(r, "Upgrade");
     const char *connection = cm_req_header(r, "Connection");
     const char *key = cm_req_header(r, "Sec-WebSocket-Key");

@@ -1,5 +1,6 @@
 /* Unit tests of cm_config and llm_proxy's configuration table. */
 #include "cm_config.h"
+#include "cm_origin.h"
 #include "proxy_config.h"
 #include "unit.h"
 
@@ -127,7 +128,52 @@ static void bad_values_name_the_variable(void)
     expect_error("OLLAMA_URL_INTERNAL", "ollama:11434");
     expect_error("LOG_LEVEL", "chatty");
     expect_error("LOG_FORMAT", "xml");
+    expect_error("LLM_PROXY_ALLOWED_ORIGINS", "https://ok.example, not an origin");
+    expect_error("LLM_PROXY_ALLOWED_ORIGINS", "https://ok.example/path");
+}
+
+static void origin_policy(void)
+{
+    char err[200];
+    struct cm_origin_policy *def = cm_origin_policy_new(NULL, err, sizeof err);
+    CHECK(def != NULL);
+    CHECK(cm_origin_allowed(def, NULL, "proxy:8000"));                    /* not a browser */
+    CHECK(cm_origin_allowed(def, "http://localhost:5173", "proxy:8000")); /* loopback names */
+    CHECK(cm_origin_allowed(def, "https://127.0.0.1", NULL));
+    CHECK(cm_origin_allowed(def, "http://[::1]:3000", NULL));
+    CHECK(cm_origin_allowed(def, "http://Proxy:8000", "proxy:8000")); /* same origin */
+    CHECK(cm_origin_allowed(def, "http://proxy", "proxy:80"));
+    CHECK(!cm_origin_allowed(def, "http://proxy:8001", "proxy:8000"));
+    CHECK(!cm_origin_allowed(def, "https://evil.example", "proxy:8000"));
+    CHECK(!cm_origin_allowed(def, "http://localhost.evil.example", NULL));
+    CHECK(!cm_origin_allowed(def, "null", "proxy:8000"));
+    CHECK(!cm_origin_allowed(def, "file://localhost", NULL));
+    CHECK(!cm_origin_allowed(def, "http://localhost/x", NULL));
+    CHECK(!cm_origin_any(def));
+    cm_origin_policy_free(def);
+
+    struct cm_origin_policy *list =
+        cm_origin_policy_new(" https://Chat.example.com ,http://app.test:3000,", err, sizeof err);
+    CHECK(list != NULL);
+    CHECK(cm_origin_allowed(list, "https://chat.example.com", NULL));
+    CHECK(cm_origin_allowed(list, "https://chat.example.com:443", NULL));
+    CHECK(cm_origin_allowed(list, "http://app.test:3000", NULL));
+    CHECK(!cm_origin_allowed(list, "http://chat.example.com", NULL)); /* scheme differs */
+    CHECK(!cm_origin_allowed(list, "http://app.test:3001", NULL));
+    CHECK(
+        !cm_origin_allowed(list, "http://localhost:3000", NULL)); /* a list replaces the default */
+    cm_origin_policy_free(list);
+
+    struct cm_origin_policy *any = cm_origin_policy_new("*", err, sizeof err);
+    CHECK(any != NULL && cm_origin_any(any));
+    CHECK(cm_origin_allowed(any, "https://evil.example", NULL));
+    CHECK(cm_origin_allowed(any, "null", NULL));
+    cm_origin_policy_free(any);
+
+    CHECK(cm_origin_policy_new("https://a.example/path", err, sizeof err) == NULL);
+    CHECK(cm_origin_policy_new("a.example", err, sizeof err) == NULL);
+    CHECK(cm_origin_policy_new("https://user@a.example", err, sizeof err) == NULL);
 }
 
 UNIT_MAIN(T(parse_seconds), T(parse_bytes), T(parse_bool_and_int), T(proxy_defaults),
-          T(proxy_overrides_and_trailing_slash), T(bad_values_name_the_variable))
+          T(proxy_overrides_and_trailing_slash), T(bad_values_name_the_variable), T(origin_policy))
