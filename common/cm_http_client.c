@@ -479,10 +479,31 @@ unsigned cm_hc_active(const struct cm_hc *hc)
     return hc->active;
 }
 
+int cm_hc_header_value_ok(const char *v)
+{
+    /* A C string holds no NUL; CR and LF would end the header (and with a
+     * blank line the request): a value carrying them smuggles headers or a
+     * whole second request onto the pooled upstream connection. */
+    return v && strpbrk(v, "\r\n") == NULL;
+}
+
+/* The whole header, never truncated (values were checked by cm_hc_start). */
+static void add_header(struct cm_hc_req *req, const char *name, const char *value)
+{
+    char *h = cm_xasprintf("%s%s", name, value);
+    req->headers = curl_slist_append(req->headers, h);
+    free(h);
+}
+
 struct cm_hc_req *cm_hc_start(struct cm_hc *hc, const struct cm_hc_opts *o,
                               const struct cm_hc_callbacks *cbs, void *arg)
 {
     hc->refused = 0;
+    if ((o->request_id && !cm_hc_header_value_ok(o->request_id)) ||
+        (o->bearer && !cm_hc_header_value_ok(o->bearer))) {
+        CM_ERROR(NULL, "upstream_bad_header", "a header value contains CR or LF; not sent");
+        return NULL;
+    }
     if (hc->max_running && hc->running >= hc->max_running && hc->nqueued >= hc->max_queued) {
         hc->refused = 1;
         return NULL;
@@ -525,16 +546,10 @@ struct cm_hc_req *cm_hc_start(struct cm_hc *hc, const struct cm_hc_opts *o,
         curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, o->method);
     else if (o->method && strcmp(o->method, "GET") == 0 && !o->body)
         curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
-    if (o->request_id) {
-        char h[128];
-        snprintf(h, sizeof h, "X-Request-Id: %s", o->request_id);
-        req->headers = curl_slist_append(req->headers, h);
-    }
-    if (o->bearer) {
-        char *h = cm_xasprintf("Authorization: Bearer %s", o->bearer);
-        req->headers = curl_slist_append(req->headers, h);
-        free(h);
-    }
+    if (o->request_id)
+        add_header(req, "X-Request-Id: ", o->request_id);
+    if (o->bearer)
+        add_header(req, "Authorization: Bearer ", o->bearer);
     curl_easy_setopt(e, CURLOPT_HTTPHEADER, req->headers);
 
     req->first_byte_timeout_s = o->first_byte_timeout_s;

@@ -88,10 +88,15 @@ int cm_hc_refused(const struct cm_hc *hc);
 unsigned cm_hc_queued(const struct cm_hc *hc);
 
 /* Starts (or queues) a transfer; NULL when the queue is full
- * (cm_hc_refused) or curl refused the handle (logged). */
+ * (cm_hc_refused), a header value is unsafe (cm_hc_header_value_ok, logged)
+ * or curl refused the handle (logged). Header values are sent whole, never
+ * truncated. */
 struct cm_hc_req *cm_hc_start(struct cm_hc *hc, const struct cm_hc_opts *opts,
                               const struct cm_hc_callbacks *cbs, void *arg);
 void cm_hc_cancel(struct cm_hc_req *req);
+/* 1 when v may be sent as a header value: no CR, LF (or NUL: a C string
+ * ends there, so a caller holding a length must check it has no NUL). */
+int cm_hc_header_value_ok(const char *v);
 /* Resumes a paused transfer; on_data may run before this returns. */
 void cm_hc_resume(struct cm_hc_req *req);
 /* A response header seen on this transfer (Retry-After only), or NULL. */

@@ -6,6 +6,21 @@
 #include <stdio.h>
 #include <string.h>
 
+int ws_message_id_ok(const json_t *id)
+{
+    if (!json_is_string(id))
+        return 0;
+    /* The length from jansson, not strlen: "\u0000" is a valid JSON string. */
+    size_t len = json_string_length(id);
+    const char *s = json_string_value(id);
+    if (len == 0 || len > WS_MAX_ID)
+        return 0;
+    for (size_t i = 0; i < len; i++)
+        if ((unsigned char)s[i] < 0x21 || (unsigned char)s[i] > 0x7e)
+            return 0; /* controls (CR, LF, NUL), space, DEL, non-ASCII */
+    return 1;
+}
+
 int ws_message_parse(const char *data, size_t len, struct ws_client_msg *out,
                      struct proxy_error *err, char *bad_id, size_t bad_id_len)
 {
@@ -20,9 +35,10 @@ int ws_message_parse(const char *data, size_t len, struct ws_client_msg *out,
     }
     const char *type = cm_json_str(msg, "type");
     const char *id = cm_json_str(msg, "id");
-    if (!id || !*id || strlen(id) > WS_MAX_ID) {
+    if (!ws_message_id_ok(json_object_get(msg, "id"))) {
         proxy_error_set(err, 400, "id", "invalid_id",
-                        "'id' must be a non-empty string of at most %d characters.", WS_MAX_ID);
+                        "'id' must be 1 to %d characters of printable ASCII without spaces.",
+                        WS_MAX_ID);
         json_decref(msg);
         return -1;
     }

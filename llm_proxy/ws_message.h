@@ -23,6 +23,11 @@ struct ws_client_msg {
     json_t *msg;
 };
 
+/* 1 when id is a usable request id: a JSON string of 1..WS_MAX_ID bytes of
+ * printable ASCII without spaces (0x21-0x7e). It ends up in the upstream's
+ * X-Request-Id header, so anything else is refused. */
+int ws_message_id_ok(const json_t *id);
+
 /* Returns 0, or -1 with err filled; *bad_id receives the id when the
  * message had a usable one (so the error can name it), else NULL. */
 int ws_message_parse(const char *data, size_t len, struct ws_client_msg *out,
