@@ -1,7 +1,7 @@
 /*
  * chat_upstream: one streaming /api/chat transfer, translated line by line
  * into chat.completion.chunk objects and handed to a sink (SSE response or
- * WebSocket session). Shared by chat_handler.c and ws_session.c.
+ * WebSocket session). Shared by chat_handler.c and ws_chat.c.
  *
  *   start -> [headers_ok] -> chunk* -> done        (final line seen)
  *                                   \-> fail       (upstream error, timeout,

@@ -198,6 +198,15 @@
              0,                                                                                    \
              &(cfg)->ws_max_message_bytes,                                                         \
              "WebSocket: largest message accepted (close 1009 above)"},                            \
+            {"WS_SEND_TIMEOUT",                                                                    \
+             CM_CFG_SECONDS,                                                                       \
+             "30",                                                                                 \
+             0.01,                                                                                 \
+             3600,                                                                                 \
+             NULL,                                                                                 \
+             0,                                                                                    \
+             &(cfg)->ws_send_timeout,                                                              \
+             "WebSocket: a client that leaves its output queue full this long is closed (1008)"},  \
             {"LOG_LEVEL",                                                                          \
              CM_CFG_ENUM,                                                                          \
              "info",                                                                               \

@@ -33,6 +33,7 @@ struct proxy_config {
     long long ws_max_inflight;
     double ws_ping_interval;
     long long ws_max_message_bytes;
+    double ws_send_timeout;
     char *log_level;
     char *log_format;
 };

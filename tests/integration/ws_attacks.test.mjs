@@ -150,9 +150,11 @@ describe('1. header injection into the upstream', () => {
       ws.sendJson(chat(id, 'hi'));
       const m = await ws.next();
       assert.equal(m.type, 'error', `id ${JSON.stringify(id)} was accepted`);
-      assert.equal(m.error.code, 'invalid_id');
+      // A raw NUL is refused by the JSON parser already.
+      const codes = id.includes('\u0000') ? ['invalid_id', 'invalid_json'] : ['invalid_id'];
+      assert.ok(codes.includes(m.error.code), m.error.code);
       ws.sendJson({ type: 'cancel', id });
-      assert.equal((await ws.next()).error.code, 'invalid_id');
+      assert.ok(codes.includes((await ws.next()).error.code));
     }
     const good = `${'k'.repeat(100)}!~{}"'\\`.padEnd(128, 'z');
     ws.sendJson(chat(good, 'fine'));
@@ -244,8 +246,13 @@ describe('4. bounded memory per connection', () => {
       const growth = procKb(p, 'VmHWM') - base;
       if (!SANITIZED) assert.ok(growth < 16 * 1024, `llm_proxy grew by ${growth} kB for ${sent} bytes of pings`);
       assert.ok(blocked, 'the proxy never stopped reading');
+      // Read it all, then find the close frame behind the pongs (parsing
+      // once: the buffer holds ~1 MiB of 2-byte frames).
       sock.resume();
-      assert.equal(await closeCode(sock), 1008);
+      await sock.waitFor(() => false);
+      const close = parseFrames(sock.buf).find((f) => f.op === 0x8);
+      assert.ok(close, 'a close frame after the queued pongs');
+      assert.equal(close.payload.readUInt16BE(0), 1008);
       sock.destroy();
     } finally {
       await p.stop();
