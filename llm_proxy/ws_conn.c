@@ -54,6 +54,7 @@ struct ws_conn {
     int in_progress; /* inside progress(): never enter wslay again */
     int again;       /* progress() was asked for while running */
     int reading;     /* EV_READ enabled on bev (off while the backlog is high) */
+    int stalled;     /* backlog over the limit: stall_timer armed */
     int got_traffic; /* a frame arrived since the last ping tick */
     int awaiting_pong;
     uint64_t fed;       /* bytes handed to wslay since the context was made */
@@ -162,23 +163,29 @@ size_t ws_conn_backlog(const struct ws_conn *c)
 }
 
 /* Reading follows the backlog: off above max_backlog (the peer's writes
- * then block in TCP), on again once under it. */
+ * then block in TCP, and the stall timer runs), on again under it; off for
+ * good once wslay reads no more (bytes after a close are dropped). */
 static void update_reading(struct ws_conn *c)
 {
     if (c->state == WS_CLOSED)
         return;
     int over = ws_conn_backlog(c) >= c->cfg.max_backlog;
-    if (over && c->reading) {
-        c->reading = 0;
-        bufferevent_disable(c->bev, EV_READ);
+    if (over && !c->stalled) {
+        c->stalled = 1;
         struct timeval tv = tv_of(c->cfg.send_timeout);
         event_add(c->stall_timer, &tv);
-    } else if (!over && !c->reading) {
-        c->reading = 1;
+    } else if (!over && c->stalled) {
+        c->stalled = 0;
         event_del(c->stall_timer);
-        if (c->state < WS_CLOSING)
-            bufferevent_enable(c->bev, EV_READ);
     }
+    int want = !over && (!c->ctx || wslay_event_want_read(c->ctx));
+    if (want == c->reading)
+        return;
+    c->reading = want;
+    if (want)
+        bufferevent_enable(c->bev, EV_READ);
+    else
+        bufferevent_disable(c->bev, EV_READ);
 }
 
 static void stall_cb(evutil_socket_t fd, short what, void *arg)
@@ -309,7 +316,6 @@ static void on_msg_cb(wslay_event_context_ptr ctx, const struct wslay_event_on_m
                       void *arg)
 {
     struct ws_conn *c = arg;
-    (void)ctx;
     switch (m->opcode) {
     case WSLAY_TEXT_FRAME: {
         char *msg = c->msg;
@@ -317,7 +323,9 @@ static void on_msg_cb(wslay_event_context_ptr ctx, const struct wslay_event_on_m
         c->msg = NULL;
         c->msg_len = c->msg_cap = 0;
         c->in_message = 0;
-        if (c->state < WS_CLOSING)
+        /* Not after a close was queued (by us, or just now by
+         * fail_in_wslay): only the close handshake remains. */
+        if (c->state < WS_CLOSING && wslay_event_want_read(ctx))
             c->h->on_text(c->arg, msg ? msg : "", len);
         free(msg);
         break;
@@ -353,6 +361,10 @@ static const struct wslay_event_callbacks *callbacks(void)
 static void recv_failed(struct ws_conn *c)
 {
     CM_INFO(c->req_id, "ws_protocol_error", "invalid frame; closing");
+    free(c->msg);
+    c->msg = NULL;
+    c->msg_len = c->msg_cap = 0;
+    c->in_message = 0;
     if (wslay_event_get_queued_msg_count(c->ctx) <= 1 && !wslay_event_get_close_sent(c->ctx)) {
         wslay_event_context_free(c->ctx);
         c->ctx = NULL;
@@ -392,8 +404,10 @@ static void step(struct ws_conn *c)
     }
     /* wslay stops reading once it has queued a close: its answer to the
      * peer's close, or 1007/1009/1002/1003 for a bad message. */
-    if (!wslay_event_want_read(c->ctx))
+    if (!wslay_event_want_read(c->ctx)) {
         enter_closing(c);
+        evbuffer_drain(in, evbuffer_get_length(in));
+    }
     if (wslay_event_want_write(c->ctx) && wslay_event_send(c->ctx) != 0) {
         conn_kill(c);
         return;
@@ -504,8 +518,9 @@ void ws_conn_close(struct ws_conn *c, uint16_t code, const char *reason)
         conn_kill(c);
         return;
     }
+    /* Reading goes on: the peer's answering close ends the handshake (its
+     * messages meanwhile are dropped). */
     wslay_event_queue_close(c->ctx, code, (const uint8_t *)reason, strlen(reason));
-    wslay_event_shutdown_read(c->ctx);
     enter_closing(c);
     progress(c);
 }
