@@ -1,73 +1,109 @@
-/* libFuzzer: WebSocket message handling. The bytes are read as client
- * frames by a wslay server context (as ws_session does); every complete
- * text message goes through the /ws/chat protocol parser and, for chat
- * messages, the OpenAI request translation. */
-#include "chat_translate.h"
-#include "ws_message.h"
+/* libFuzzer: the real WebSocket session code (ws_conn transport + ws_chat
+ * protocol, the same objects llm_proxy runs) over a socketpair on a
+ * libevent loop. The input is what a client sends after the handshake,
+ * written in two pieces (the first byte picks the cut, so frames and
+ * messages straddle reads) with the loop run in between; the server's
+ * output is read and discarded; then the client goes away and everything
+ * is torn down. Chat requests start real upstream transfers against a
+ * closed port and are cancelled at teardown. */
+#include "ws_chat.h"
 
+#include "cm_log.h"
+
+#include <curl/curl.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <event2/util.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include <wslay/wslay.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
-struct feed {
-    const uint8_t *data;
-    size_t size, off;
-};
+static struct proxy px;
 
-static ssize_t recv_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, int flags, void *arg)
+static const char *fuzz_env(const char *name, void *ctx)
 {
-    struct feed *f = arg;
-    (void)flags;
-    if (f->off == f->size) {
-        wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
-        return -1;
-    }
-    size_t n = f->size - f->off < len ? f->size - f->off : len;
-    memcpy(buf, f->data + f->off, n);
-    f->off += n;
-    return (ssize_t)n;
+    (void)ctx;
+    if (strcmp(name, "OLLAMA_URL_INTERNAL") == 0)
+        return "http://127.0.0.1:9";
+    if (strcmp(name, "WS_MAX_MESSAGE_BYTES") == 0)
+        return "64KiB";
+    if (strcmp(name, "LOG_LEVEL") == 0)
+        return "error";
+    return NULL;
 }
 
-static ssize_t send_cb(wslay_event_context_ptr ctx, const uint8_t *data, size_t len, int flags,
-                       void *arg)
+static void setup(void)
 {
-    (void)ctx, (void)data, (void)flags, (void)arg;
-    return (ssize_t)len;
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+    char err[256];
+    if (proxy_config_load(&px.cfg, fuzz_env, NULL, err, sizeof err) != 0)
+        abort();
+    cm_log_init("fuzz_ws", CM_LOG_ERROR, CM_LOG_TEXT);
+    px.base = event_base_new();
+    px.hc = cm_hc_new(px.base);
+    static const double buckets[] = {0.1, 1};
+    px.metrics = cm_metrics_new();
+    px.m_ttft = cm_metrics_histogram(px.metrics, "ttft", "", "route", buckets, 2);
+    px.m_upstream_errors = cm_metrics_counter(px.metrics, "upstream_errors", "", "route,kind");
+    px.m_tokens = cm_metrics_counter(px.metrics, "tokens", "", "type");
+    px.m_ws_connections = cm_metrics_gauge(px.metrics, "ws", "", NULL);
+    px.m_queue = cm_metrics_gauge(px.metrics, "queue", "", NULL);
 }
 
-static void on_msg(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_recv_arg *m,
-                   void *arg)
+static void release(void *arg)
 {
-    (void)ctx, (void)arg;
-    if (m->opcode != WSLAY_TEXT_FRAME)
-        return;
-    struct ws_client_msg msg;
-    struct proxy_error err;
-    char bad[WS_MAX_ID + 1];
-    if (ws_message_parse((const char *)m->msg, m->msg_length, &msg, &err, bad, sizeof bad) != 0)
-        return;
-    if (msg.type == WS_MSG_CHAT) {
-        json_t *oai = ws_message_chat_request(&msg);
-        struct chat_request req;
-        if (chat_request_translate(oai, &req, &err) == 0)
-            chat_request_deinit(&req);
-        json_decref(oai);
+    bufferevent_free(arg);
+}
+
+/* Runs the loop a few rounds, discarding what the server wrote. */
+static void pump(int peer)
+{
+    char sink[65536];
+    for (int i = 0; i < 6; i++) {
+        event_base_loop(px.base, EVLOOP_NONBLOCK);
+        while (read(peer, sink, sizeof sink) > 0)
+            ;
     }
-    json_decref(msg.msg);
+}
+
+/* Writes what the server takes; gives up when it stops reading (closing). */
+static void write_all(int peer, const uint8_t *p, size_t n)
+{
+    int stuck = 0;
+    while (n > 0 && stuck < 4) {
+        ssize_t w = send(peer, p, n, MSG_NOSIGNAL);
+        if (w <= 0) {
+            stuck++;
+            pump(peer); /* socket buffer full: let the server read */
+            continue;
+        }
+        stuck = 0;
+        p += w;
+        n -= (size_t)w;
+    }
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    struct feed f = {data, size, 0};
-    struct wslay_event_callbacks cbs = {
-        .recv_callback = recv_cb, .send_callback = send_cb, .on_msg_recv_callback = on_msg};
-    wslay_event_context_ptr ctx;
-    if (wslay_event_context_server_init(&ctx, &cbs, &f) != 0)
+    if (!px.base)
+        setup();
+    int fds[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM, 0, fds) != 0)
         return 0;
-    wslay_event_config_set_max_recv_msg_length(ctx, 1 << 20);
-    wslay_event_recv(ctx);
-    wslay_event_send(ctx);
-    wslay_event_context_free(ctx);
+    evutil_make_socket_nonblocking(fds[0]);
+    evutil_make_socket_nonblocking(fds[1]);
+    struct bufferevent *bev = bufferevent_socket_new(px.base, fds[0], BEV_OPT_CLOSE_ON_FREE);
+    ws_chat_attach(&px, bev, release, bev);
+    size_t cut = size ? data[0] % (size + 1) : 0;
+    write_all(fds[1], data, cut);
+    pump(fds[1]);
+    write_all(fds[1], data + cut, size - cut);
+    pump(fds[1]);
+    close(fds[1]); /* the client goes away */
+    pump(-1);
+    ws_chat_abort_all(&px);
+    pump(-1);
     return 0;
 }
