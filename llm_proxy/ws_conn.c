@@ -278,9 +278,20 @@ static void frame_start_cb(wslay_event_context_ptr ctx,
         fail_in_wslay(c, WSLAY_CODE_MESSAGE_TOO_BIG, "message too big");
         return;
     }
-    /* Grow to what the frame announces (geometrically, capped): memory in
-     * proportion to the payload, whatever the fragmentation. */
-    size_t need = c->msg_len + (size_t)f->payload_length;
+}
+
+static void frame_chunk_cb(wslay_event_context_ptr ctx,
+                           const struct wslay_event_on_frame_recv_chunk_arg *a, void *arg)
+{
+    struct ws_conn *c = arg;
+    (void)ctx;
+    if (!c->data_frame || !c->in_message || c->state >= WS_CLOSING || a->data_length == 0 ||
+        a->data_length > c->cfg.max_message - c->msg_len)
+        return;
+    /* Grow with the bytes received (geometrically, capped), not with what
+     * a frame header announces: memory in proportion to the payload,
+     * whatever the fragmentation. */
+    size_t need = c->msg_len + a->data_length;
     if (need > c->msg_cap) {
         size_t cap = c->msg_cap ? c->msg_cap : 256;
         while (cap < need)
@@ -290,16 +301,6 @@ static void frame_start_cb(wslay_event_context_ptr ctx,
         c->msg = cm_xrealloc(c->msg, cap);
         c->msg_cap = cap;
     }
-}
-
-static void frame_chunk_cb(wslay_event_context_ptr ctx,
-                           const struct wslay_event_on_frame_recv_chunk_arg *a, void *arg)
-{
-    struct ws_conn *c = arg;
-    (void)ctx;
-    if (!c->data_frame || !c->in_message || c->state >= WS_CLOSING || a->data_length == 0 ||
-        a->data_length > c->msg_cap - c->msg_len)
-        return;
     memcpy(c->msg + c->msg_len, a->data, a->data_length);
     c->msg_len += a->data_length;
 }
