@@ -32,6 +32,9 @@
  * one buffer that grows with the payload (wslay's per-frame chunks are not
  * used), capped at max_message (1009 above).
  *
+ * Ownership: a ws_conn owns itself and its bufferevent; it is freed right
+ * after the handler's on_closed returns, so the handler's pointer to it is
+ * valid until then. The handler struct and arg are borrowed for its life.
  * All functions run on the loop thread.
  */
 #ifndef WS_CONN_H

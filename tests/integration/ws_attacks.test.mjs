@@ -226,7 +226,7 @@ describe('3. cancel under backpressure', () => {
 });
 
 describe('4. bounded memory per connection', () => {
-  test('a client that floods pings and never reads: reading stops, then 1008; RSS bounded', async () => {
+  test('a client that floods pings and never reads: reading stops, then 1008; RSS bounded', async (t) => {
     const p = await startProxy({ WS_SEND_TIMEOUT: '1' }, { upstream: double });
     try {
       const sock = await rawSocket(p);
@@ -244,6 +244,7 @@ describe('4. bounded memory per connection', () => {
         }
       }
       const growth = procKb(p, 'VmHWM') - base;
+      t.diagnostic(`peak RSS growth ${growth} kB after ${sent} bytes of pings`);
       if (!SANITIZED) assert.ok(growth < 16 * 1024, `llm_proxy grew by ${growth} kB for ${sent} bytes of pings`);
       assert.ok(blocked, 'the proxy never stopped reading');
       // Read it all, then find the close frame behind the pongs (parsing
@@ -259,7 +260,7 @@ describe('4. bounded memory per connection', () => {
     }
   });
 
-  test('a 1 MiB message in 1-byte continuation frames costs memory in proportion to its payload', async () => {
+  test('a 1 MiB message in 1-byte continuation frames costs memory in proportion to its payload', async (t) => {
     const p = await startProxy({}, { upstream: double });
     try {
       const sock = await rawSocket(p);
@@ -276,6 +277,7 @@ describe('4. bounded memory per connection', () => {
       }
       assert.ok(await sock.waitFor((b) => b.includes('unknown_id')), 'the reassembled message was answered');
       const growth = procKb(p, 'VmHWM') - base;
+      t.diagnostic(`peak RSS growth ${growth} kB for a 1 MiB message in 1-byte frames`);
       if (!SANITIZED) assert.ok(growth < 12 * 1024, `llm_proxy grew by ${growth} kB for a 1 MiB fragmented message`);
       // Fragments above WS_MAX_MESSAGE_BYTES in total still close with 1009.
       const over = [frame(0x1, head, { fin: false })];
@@ -325,7 +327,7 @@ describe('5. Origin and the API key over WebSocket', () => {
 });
 
 describe('6. smaller', () => {
-  test('a session hibernates again after a fragmented message', async () => {
+  test('a session hibernates again after a fragmented message', async (t) => {
     const p = await startProxy({}, { upstream: double });
     const socks = [];
     try {
@@ -341,6 +343,7 @@ describe('6. smaller', () => {
       }
       for (const s of socks.slice(1)) assert.ok(await s.waitFor((b) => b.includes('unknown_id')));
       const per = ((procKb(p, 'VmRSS') - base) * 1024) / n;
+      t.diagnostic(`${Math.round(per)} bytes per idle connection after a fragmented message`);
       if (!SANITIZED) assert.ok(per < 8 * 1024, `${Math.round(per)} bytes per idle connection after a fragmented message`);
     } finally {
       for (const s of socks) s.destroy();
