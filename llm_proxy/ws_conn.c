@@ -49,13 +49,14 @@ struct ws_conn {
     /* Reassembly of the current data message (never wslay's chunk list). */
     char *msg;
     size_t msg_len, msg_cap;
-    int in_message;  /* between the first and the final frame of a message */
-    int data_frame;  /* the frame being received is a data frame */
-    int in_progress; /* inside progress(): never enter wslay again */
-    int again;       /* progress() was asked for while running */
-    int reading;     /* EV_READ enabled on bev (off while the backlog is high) */
-    int stalled;     /* backlog over the limit: stall_timer armed */
-    int got_traffic; /* a frame arrived since the last ping tick */
+    int in_message;   /* between the first and the final frame of a message */
+    int data_frame;   /* the frame being received is a data frame */
+    int in_progress;  /* inside progress(): never enter wslay again */
+    int again;        /* progress() was asked for while running */
+    int reading;      /* EV_READ enabled on bev (off while the backlog is high) */
+    int stalled;      /* backlog over the limit: stall_timer armed */
+    int clean_output; /* no frame half written to the socket (recv_failed) */
+    int got_traffic;  /* a frame arrived since the last ping tick */
     int awaiting_pong;
     uint64_t fed;       /* bytes handed to wslay since the context was made */
     uint64_t framed;    /* bytes of frames wslay has completed */
@@ -356,9 +357,10 @@ static const struct wslay_event_callbacks *callbacks(void)
 /* wslay_event_recv failed. Our recv callback only ever says WOULDBLOCK, so
  * this is a frame-level protocol error (a control frame over 125 bytes, a
  * non-minimal or 64-bit-top-bit length...): wslay has queued a close frame
- * without a status and stopped reading. Answer 1002 instead: when that empty
- * close is all wslay holds, a fresh context replaces it; otherwise (replies
- * still queued ahead of it) the empty close goes out as is. */
+ * without a status and stopped reading. Answer 1002 instead, from a fresh
+ * context: nothing is lost, since wslay would send its close ahead of any
+ * queued reply and then nothing more, unless a frame is half written to the
+ * socket (clean_output is 0), in which case the empty close goes out. */
 static void recv_failed(struct ws_conn *c)
 {
     CM_INFO(c->req_id, "ws_protocol_error", "invalid frame; closing");
@@ -366,7 +368,7 @@ static void recv_failed(struct ws_conn *c)
     c->msg = NULL;
     c->msg_len = c->msg_cap = 0;
     c->in_message = 0;
-    if (wslay_event_get_queued_msg_count(c->ctx) <= 1 && !wslay_event_get_close_sent(c->ctx)) {
+    if (c->clean_output && !wslay_event_get_close_sent(c->ctx)) {
         wslay_event_context_free(c->ctx);
         c->ctx = NULL;
         if (ensure_ctx(c) != 0) {
@@ -395,6 +397,14 @@ static void step(struct ws_conn *c)
         conn_kill(c);
         return;
     }
+    /* Write what waits first: wslay then holds no half-written frame
+     * unless the output is full (see recv_failed). */
+    if (wslay_event_want_write(c->ctx) && wslay_event_send(c->ctx) != 0) {
+        conn_kill(c);
+        return;
+    }
+    c->clean_output = !wslay_event_want_write(c->ctx) ||
+                      evbuffer_get_length(bufferevent_get_output(c->bev)) < c->cfg.max_backlog / 2;
     if (wslay_event_want_read(c->ctx) && evbuffer_get_length(in) > 0 &&
         ws_conn_backlog(c) < c->cfg.max_backlog) {
         if (wslay_event_recv(c->ctx) != 0) {

@@ -354,6 +354,7 @@ describe('6. smaller', () => {
   test('frame-level protocol errors are answered with a 1002 close frame', async () => {
     const cases = {
       'control frame over 125 bytes': frame(0x9, 'x'.repeat(126)),
+      'bad frame right behind a message that gets a reply': Buffer.concat([frame(0x1, '{not json'), frame(0x9, 'x'.repeat(126))]),
       'non-minimal 16-bit length': frame(0x1, '{"a":1}', { lenForm: '16' }),
       'non-minimal 64-bit length': frame(0x1, '{"a":1}', { lenForm: '64' }),
       '64-bit length with the top bit set': (() => {
