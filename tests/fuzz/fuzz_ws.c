@@ -105,5 +105,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     pump(-1);
     ws_chat_abort_all(&px);
     pump(-1);
+    if (px.ws_sessions || px.ws_count)
+        abort(); /* a session outlived its connection */
     return 0;
 }
