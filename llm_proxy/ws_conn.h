@@ -72,8 +72,8 @@ struct ws_conn_handler {
 /* Validates the opening handshake of r; on success answers 101 and returns
  * the connection (frames pipelined behind the handshake are processed at
  * once), else replies 400/426 itself and returns NULL. The route has
- * already checked the API key and the Origin (main.c). req_id (copied)
- * labels logs. */
+ * already checked the API key and the Origin (main.c). The request id
+ * (cm_req_id, copied) labels the connection's logs. */
 struct ws_conn *ws_conn_accept(struct cm_req *r, struct event_base *base,
                                const struct ws_conn_config *cfg, const struct ws_conn_handler *h,
                                void *arg);
