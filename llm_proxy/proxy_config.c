@@ -206,7 +206,7 @@
              NULL,                                                                                 \
              0,                                                                                    \
              &(cfg)->ws_send_timeout,                                                              \
-             "WebSocket: a client that leaves its output queue full this long is closed (1008)"},  \
+             "WebSocket: a client with a full output queue that reads nothing this long: 1008"},   \
             {"LOG_LEVEL",                                                                          \
              CM_CFG_ENUM,                                                                          \
              "info",                                                                               \

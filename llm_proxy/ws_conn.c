@@ -42,9 +42,10 @@ struct ws_conn {
     void (*release)(void *);
     void *release_arg;
     struct event *ping;
-    struct event *reaper;      /* deferred destruction */
-    struct event *close_timer; /* CLOSING/CLOSE_SENT: give up on the peer */
-    struct event *stall_timer; /* armed while the backlog is over the limit */
+    struct event *reaper;                /* deferred destruction */
+    struct event *close_timer;           /* CLOSING/CLOSE_SENT: give up on the peer */
+    struct event *stall_timer;           /* armed while the backlog is over the limit */
+    struct evbuffer_cb_entry *out_entry; /* output_cb on the bev's output */
     char req_id[72];
     /* Reassembly of the current data message (never wslay's chunk list). */
     char *msg;
@@ -65,6 +66,7 @@ struct ws_conn {
 
 static const struct wslay_event_callbacks *callbacks(void);
 static void progress(struct ws_conn *c);
+static void output_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg);
 
 /* ------------------------------------------------------------ lifecycle */
 
@@ -79,6 +81,7 @@ static void destroy(struct ws_conn *c)
     if (c->ctx)
         wslay_event_context_free(c->ctx);
     free(c->msg);
+    evbuffer_remove_cb_entry(bufferevent_get_output(c->bev), c->out_entry);
     c->release(c->release_arg);
     free(c);
 }
@@ -196,7 +199,11 @@ static void stall_cb(evutil_socket_t fd, short what, void *arg)
     (void)what;
     if (c->state >= WS_CLOSING)
         return; /* the close timer decides now */
-    CM_INFO(c->req_id, "ws_send_timeout", "backlog=%zu over %zu for %.1fs; closing",
+    if (ws_conn_backlog(c) < c->cfg.max_backlog) {
+        progress(c); /* drained meanwhile: reading resumes */
+        return;
+    }
+    CM_INFO(c->req_id, "ws_send_timeout", "backlog=%zu over %zu, nothing read for %.1fs; closing",
             ws_conn_backlog(c), c->cfg.max_backlog, c->cfg.send_timeout);
     ws_conn_close(c, WSLAY_CODE_POLICY_VIOLATION, "not reading");
 }
@@ -461,16 +468,28 @@ static void read_cb(struct bufferevent *bev, void *arg)
     progress(arg);
 }
 
+/* Bytes left the output for the socket: the peer is reading, however
+ * slowly, so the deadlines that watch for a peer that does not read start
+ * again (a slow reader of one large message is not a stalled one). */
+static void output_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
+{
+    struct ws_conn *c = arg;
+    (void)buf;
+    if (info->n_deleted == 0)
+        return;
+    if (c->stalled && c->state < WS_CLOSING) {
+        struct timeval tv = tv_of(c->cfg.send_timeout);
+        event_add(c->stall_timer, &tv);
+    } else if (c->state == WS_CLOSING) {
+        struct timeval tv = tv_of(c->cfg.send_timeout + WS_CLOSE_WAIT_S);
+        event_add(c->close_timer, &tv);
+    }
+}
+
 static void write_cb(struct bufferevent *bev, void *arg)
 {
     struct ws_conn *c = arg;
     (void)bev;
-    if (c->state == WS_CLOSING) {
-        /* The peer is taking our output: its deadline for reaching our
-         * close frame starts again. */
-        struct timeval tv = tv_of(c->cfg.send_timeout + WS_CLOSE_WAIT_S);
-        event_add(c->close_timer, &tv);
-    }
     progress(c); /* reads what waited (a cancel, say) before producers resume */
     if (c->state < WS_CLOSING && c->h->on_drained && ws_conn_backlog(c) < c->cfg.max_backlog / 2)
         c->h->on_drained(c->arg);
@@ -581,6 +600,7 @@ static void conn_start(struct ws_conn *c, struct bufferevent *bev, void (*releas
     c->release_arg = release_arg;
     struct timeval tv = tv_of(c->cfg.ping_interval);
     event_add(c->ping, &tv);
+    c->out_entry = evbuffer_add_cb(bufferevent_get_output(bev), output_cb, c);
     bufferevent_setcb(bev, read_cb, write_cb, event_cb, c);
     bufferevent_setwatermark(bev, EV_WRITE, 0, 0);
     bufferevent_enable(bev, EV_READ | EV_WRITE);

@@ -27,8 +27,9 @@
  *
  * Memory per connection is bounded whatever the peer does: reading stops
  * while the outgoing backlog (socket output + wslay's queue, frames, pongs
- * and errors alike) is over max_backlog, and a peer that keeps it there for
- * send_timeout is closed with 1008. Messages are reassembled by ws_conn in
+ * and errors alike) is over max_backlog, and a peer that keeps it there
+ * without reading a byte for send_timeout is closed with 1008 (a slow
+ * reader is not a stalled one). Messages are reassembled by ws_conn in
  * one buffer that grows with the payload (wslay's per-frame chunks are not
  * used), capped at max_message (1009 above).
  *
@@ -52,7 +53,7 @@ struct ws_conn_config {
     size_t max_message;   /* largest message (bytes); 1009 above */
     size_t max_backlog;   /* outgoing bytes over which reading stops */
     double ping_interval; /* seconds; no pong by the next ping closes */
-    double send_timeout;  /* seconds the backlog may stay over max_backlog; then 1008 */
+    double send_timeout;  /* seconds over max_backlog with nothing read; then 1008 */
 };
 
 struct ws_conn_handler {
