@@ -42,9 +42,10 @@ struct ws_conn {
     void (*release)(void *);
     void *release_arg;
     struct event *ping;
-    struct event *reaper;                /* deferred destruction */
-    struct event *close_timer;           /* CLOSING/CLOSE_SENT: give up on the peer */
-    struct event *stall_timer;           /* armed while the backlog is over the limit */
+    struct event *reaper; /* deferred destruction */
+    /* One deadline: OPEN/IDLE, armed while stalled (1008 when it fires);
+     * CLOSING/CLOSE_SENT, the end of the wait for the peer (teardown). */
+    struct event *deadline;
     struct evbuffer_cb_entry *out_entry; /* output_cb on the bev's output */
     char req_id[72];
     /* Reassembly of the current data message (never wslay's chunk list). */
@@ -55,7 +56,7 @@ struct ws_conn {
     int in_progress;  /* inside progress(): never enter wslay again */
     int again;        /* progress() was asked for while running */
     int reading;      /* EV_READ enabled on bev (off while the backlog is high) */
-    int stalled;      /* backlog over the limit: stall_timer armed */
+    int stalled;      /* backlog over the limit (reading off) */
     int clean_output; /* no frame half written to the socket (recv_failed) */
     int got_traffic;  /* a frame arrived since the last ping tick */
     int awaiting_pong;
@@ -76,8 +77,7 @@ static void destroy(struct ws_conn *c)
         c->h->on_closed(c->arg);
     event_free(c->ping);
     event_free(c->reaper);
-    event_free(c->close_timer);
-    event_free(c->stall_timer);
+    event_free(c->deadline);
     if (c->ctx)
         wslay_event_context_free(c->ctx);
     free(c->msg);
@@ -110,7 +110,7 @@ static struct timeval tv_of(double s)
     return tv;
 }
 
-/* OPEN/IDLE -> CLOSING. The close timer covers a peer that never reads our
+/* OPEN/IDLE -> CLOSING. The deadline covers a peer that never reads our
  * close frame (send_timeout) and then never answers it (close wait). */
 static void enter_closing(struct ws_conn *c)
 {
@@ -118,7 +118,7 @@ static void enter_closing(struct ws_conn *c)
         return;
     c->state = WS_CLOSING;
     struct timeval tv = tv_of(c->cfg.send_timeout + WS_CLOSE_WAIT_S);
-    event_add(c->close_timer, &tv);
+    event_add(c->deadline, &tv);
 }
 
 static int ensure_ctx(struct ws_conn *c)
@@ -167,7 +167,7 @@ size_t ws_conn_backlog(const struct ws_conn *c)
 }
 
 /* Reading follows the backlog: off above max_backlog (the peer's writes
- * then block in TCP, and the stall timer runs), on again under it; off for
+ * then block in TCP, and the deadline runs), on again under it; off for
  * good once wslay reads no more (bytes after a close are dropped). */
 static void update_reading(struct ws_conn *c)
 {
@@ -176,11 +176,14 @@ static void update_reading(struct ws_conn *c)
     int over = ws_conn_backlog(c) >= c->cfg.max_backlog;
     if (over && !c->stalled) {
         c->stalled = 1;
-        struct timeval tv = tv_of(c->cfg.send_timeout);
-        event_add(c->stall_timer, &tv);
+        if (c->state < WS_CLOSING) {
+            struct timeval tv = tv_of(c->cfg.send_timeout);
+            event_add(c->deadline, &tv);
+        }
     } else if (!over && c->stalled) {
         c->stalled = 0;
-        event_del(c->stall_timer);
+        if (c->state < WS_CLOSING)
+            event_del(c->deadline);
     }
     int want = !over && (!c->ctx || wslay_event_want_read(c->ctx));
     if (want == c->reading)
@@ -192,13 +195,15 @@ static void update_reading(struct ws_conn *c)
         bufferevent_disable(c->bev, EV_READ);
 }
 
-static void stall_cb(evutil_socket_t fd, short what, void *arg)
+static void deadline_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct ws_conn *c = arg;
     (void)fd;
     (void)what;
-    if (c->state >= WS_CLOSING)
-        return; /* the close timer decides now */
+    if (c->state >= WS_CLOSING) {
+        conn_kill(c); /* the peer never took or never answered our close frame */
+        return;
+    }
     if (ws_conn_backlog(c) < c->cfg.max_backlog) {
         progress(c); /* drained meanwhile: reading resumes */
         return;
@@ -206,13 +211,6 @@ static void stall_cb(evutil_socket_t fd, short what, void *arg)
     CM_INFO(c->req_id, "ws_send_timeout", "backlog=%zu over %zu, nothing read for %.1fs; closing",
             ws_conn_backlog(c), c->cfg.max_backlog, c->cfg.send_timeout);
     ws_conn_close(c, WSLAY_CODE_POLICY_VIOLATION, "not reading");
-}
-
-static void close_timeout_cb(evutil_socket_t fd, short what, void *arg)
-{
-    (void)fd;
-    (void)what;
-    conn_kill(arg); /* the peer never took or never answered our close frame */
 }
 
 /* ------------------------------------------------------------ wslay glue */
@@ -433,7 +431,7 @@ static void step(struct ws_conn *c)
     if (c->state == WS_CLOSING && wslay_event_get_close_sent(c->ctx)) {
         c->state = WS_CLOSE_SENT;
         struct timeval tv = {WS_CLOSE_WAIT_S, 0};
-        event_add(c->close_timer, &tv);
+        event_add(c->deadline, &tv);
     }
     if (!wslay_event_want_read(c->ctx) && !wslay_event_want_write(c->ctx) &&
         evbuffer_get_length(bufferevent_get_output(c->bev)) == 0) {
@@ -479,10 +477,10 @@ static void output_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info,
         return;
     if (c->stalled && c->state < WS_CLOSING) {
         struct timeval tv = tv_of(c->cfg.send_timeout);
-        event_add(c->stall_timer, &tv);
+        event_add(c->deadline, &tv);
     } else if (c->state == WS_CLOSING) {
         struct timeval tv = tv_of(c->cfg.send_timeout + WS_CLOSE_WAIT_S);
-        event_add(c->close_timer, &tv);
+        event_add(c->deadline, &tv);
     }
 }
 
@@ -508,7 +506,7 @@ static void ping_cb(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     if (c->state >= WS_CLOSING)
-        return; /* the close timers decide */
+        return; /* the deadline decides */
     if (c->awaiting_pong) {
         CM_INFO(c->req_id, "ws_ping_timeout", "no pong; closing");
         conn_kill(c);
@@ -587,8 +585,7 @@ static struct ws_conn *conn_alloc(struct event_base *base, const char *req_id,
     snprintf(c->req_id, sizeof c->req_id, "%s", req_id);
     c->ping = event_new(base, -1, EV_PERSIST, ping_cb, c);
     c->reaper = evtimer_new(base, reaper_cb, c);
-    c->close_timer = evtimer_new(base, close_timeout_cb, c);
-    c->stall_timer = evtimer_new(base, stall_cb, c);
+    c->deadline = evtimer_new(base, deadline_cb, c);
     return c;
 }
 
@@ -705,8 +702,7 @@ struct ws_conn *ws_conn_accept(struct cm_req *r, struct event_base *base,
     if (!up) {
         event_free(c->ping);
         event_free(c->reaper);
-        event_free(c->close_timer);
-        event_free(c->stall_timer);
+        event_free(c->deadline);
         free(c);
         return NULL;
     }
