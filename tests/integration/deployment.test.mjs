@@ -15,13 +15,16 @@ const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..')
 const BUILD = path.dirname(BIN_DIR);
 const tmp = () => fs.mkdtempSync(path.join(os.tmpdir(), 'deploy-'));
 
+// As the README says: .env beside the compose file (compose/.env), read by
+// docker compose and podman-compose alike, no --env-file.
 test('compose/core.yml validates with docker-compose config', () => {
   const dir = tmp();
   fs.mkdirSync(path.join(dir, 'compose'));
-  fs.copyFileSync(path.join(ROOT, 'compose/core.yml'), path.join(dir, 'compose/core.yml'));
-  fs.copyFileSync(path.join(ROOT, '.env.example'), path.join(dir, '.env'));
-  const r = spawnSync('docker-compose', ['--env-file', path.join(dir, '.env'), '-f', path.join(dir, 'compose/core.yml'), 'config'],
-    { encoding: 'utf8' });
+  for (const f of ['core.yml', 'standins.yml']) fs.copyFileSync(path.join(ROOT, 'compose', f), path.join(dir, 'compose', f));
+  fs.copyFileSync(path.join(ROOT, '.env.example'), path.join(dir, 'compose/.env'));
+  const config = (...files) => spawnSync('docker-compose', [...files.flatMap((f) => ['-f', path.join(dir, 'compose', f)]), 'config'],
+    { encoding: 'utf8', cwd: dir });
+  const r = config('core.yml');
   assert.equal(r.status, 0, r.stderr);
   const cfg = r.stdout;
   for (const s of ['ollama', 'ollama-pull', 'redis', 'postgres', 'llm_proxy', 'memory_worker']) {
@@ -32,12 +35,24 @@ test('compose/core.yml validates with docker-compose config', () => {
   assert.match(cfg, /llm_proxy --healthcheck|llm_proxy\n\s+- --healthcheck/);
   assert.match(cfg, /OLLAMA_URL_INTERNAL: http:\/\/ollama:11434/);
   assert.match(cfg, /LLM_PROXY_URL: http:\/\/llm_proxy:8000/);
+  // The settings of compose/.env reach both services (env_file).
+  assert.match(cfg, /SHUTDOWN_GRACE: '10'/);
   const worker = cfg.slice(cfg.indexOf('  memory_worker:'));
   const deps = worker.slice(worker.indexOf('depends_on:'), worker.indexOf('env_file'));
   for (const d of ['llm_proxy', 'redis', 'postgres']) assert.match(deps, new RegExp(`${d}:\\n\\s+condition: service_healthy`));
+  // The worker's admin port is published on loopback only (issue 11).
+  assert.match(worker, /host_ip: 127\.0\.0\.1\n\s+mode: ingress\n\s+protocol: tcp\n\s+published: 8001\n\s+target: 8001|127\.0\.0\.1:8001:8001/);
+  // The stand-ins override only the images of the three public services.
+  const s = config('core.yml', 'standins.yml');
+  assert.equal(s.status, 0, s.stderr);
+  const images = [...s.stdout.matchAll(/^    image: (\S+)$/gm)].map((m) => m[1]).sort();
+  assert.deepEqual(images, ['llm-memory/llm_proxy:latest', 'llm-memory/memory_worker:latest',
+    'localhost/llm-memory-standin/ollama:latest', 'localhost/llm-memory-standin/ollama:latest',
+    'localhost/llm-memory-standin/postgres:latest', 'localhost/llm-memory-standin/redis:latest']);
+  assert.equal(s.stdout.replace(/^    image: .*\n/gm, ''), cfg.replace(/^    image: .*\n/gm, ''));
   // Without the password the file refuses to render.
-  fs.writeFileSync(path.join(dir, '.env'), fs.readFileSync(path.join(ROOT, '.env.example'), 'utf8').replace(/^POSTGRES_PASSWORD=.*$/m, ''));
-  const bad = spawnSync('docker-compose', ['--env-file', path.join(dir, '.env'), '-f', path.join(dir, 'compose/core.yml'), 'config', '-q'], { encoding: 'utf8' });
+  fs.writeFileSync(path.join(dir, 'compose/.env'), fs.readFileSync(path.join(ROOT, '.env.example'), 'utf8').replace(/^POSTGRES_PASSWORD=.*$/m, ''));
+  const bad = spawnSync('docker-compose', ['-f', path.join(dir, 'compose/core.yml'), 'config', '-q'], { encoding: 'utf8', cwd: dir });
   assert.notEqual(bad.status, 0);
 });
 
@@ -109,14 +124,47 @@ for (const bin of ['llm_proxy', 'memory_worker']) {
   });
 }
 
-test('cmake --install lays out binaries, units and the example environment', () => {
-  const prefix = tmp();
-  execFileSync('cmake', ['--install', BUILD, '--prefix', prefix], { stdio: 'ignore' });
+// `systemd-analyze security --offline=yes` exposure score of a unit file.
+function exposure(unitPath, root) {
+  const r = spawnSync('systemd-analyze', ['security', '--offline=yes', ...(root ? [`--root=${root}`] : []), unitPath],
+    { encoding: 'utf8' });
+  const m = (r.stdout + r.stderr).match(/Overall exposure level for \S+: ([\d.]+) (\S+)/);
+  assert.ok(m, r.stdout + r.stderr);
+  return { score: Number(m[1]), verdict: m[2] };
+}
+
+// A packager's path: DESTDIR install of the default prefix, then the installed
+// units verified against the installed binaries (systemd's own units copied
+// into the staging root so the dependencies resolve) and scored.
+test('cmake --install into a staging root: files laid out, units verify and score 2.0 or lower', () => {
+  const stage = tmp();
+  const prefix = execFileSync('cmake', ['-N', '-L', BUILD], { encoding: 'utf8' }).match(/^CMAKE_INSTALL_PREFIX:PATH=(.*)$/m)[1];
+  execFileSync('cmake', ['--install', BUILD], { stdio: 'ignore', env: { ...process.env, DESTDIR: stage } });
+  const at = (f) => path.join(stage, prefix, f);
   for (const f of ['bin/llm_proxy', 'bin/memory_worker', 'lib/systemd/system/llm_proxy.service',
     'lib/systemd/system/memory_worker.service', 'etc/llm-memory/llm_proxy.env.example',
     'etc/llm-memory/memory_worker.env.example']) {
-    assert.ok(fs.existsSync(path.join(prefix, f)), f);
+    assert.ok(fs.existsSync(at(f)), f);
   }
+  fs.mkdirSync(path.join(stage, 'usr/lib/systemd'), { recursive: true });
+  fs.cpSync('/usr/lib/systemd/system', path.join(stage, 'usr/lib/systemd/system'), { recursive: true, verbatimSymlinks: true });
+  const units = ['llm_proxy', 'memory_worker'].map((u) => at(`lib/systemd/system/${u}.service`));
+  for (const u of units) assert.match(fs.readFileSync(u, 'utf8'), new RegExp(`^ExecStart=${prefix}/bin/`, 'm'));
+  const verify = () => spawnSync('systemd-analyze', ['verify', `--root=${stage}`, ...units], { encoding: 'utf8' });
+  const ok = verify();
+  assert.equal(ok.status, 0, ok.stderr + ok.stdout);
+  for (const u of units) {
+    const { score, verdict } = exposure(u, stage);
+    console.log(`${path.basename(u)}: systemd-analyze security exposure ${score} ${verdict}`);
+    assert.ok(score <= 2.0, `${path.basename(u)} exposure ${score} ${verdict} (must be 2.0 or lower)`);
+  }
+  // Both checks can fail: without its binary a unit does not verify, and
+  // without the hardening block a unit scores far above 2.0.
+  fs.renameSync(at('bin/llm_proxy'), at('bin/llm_proxy.moved'));
+  assert.notEqual(verify().status, 0);
+  const bare = path.join(stage, 'bare.service');
+  fs.writeFileSync(bare, fs.readFileSync(units[0], 'utf8').replace(/# Hardening[\s\S]*?\n\[Install\]/, '[Install]'));
+  assert.ok(exposure(bare).score > 2.0);
 });
 
 test('--healthcheck exits 0 against a live service and 1 otherwise', async () => {
