@@ -8,12 +8,20 @@
 #include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <event2/listener.h>
+#include <errno.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <sys/socket.h>
 #include <time.h>
 
 #define SWEEP_MS 200
+/* After evhttp closed a connection whose client was still sending (an early
+ * 413, a refused request), unread input would turn close() into a reset
+ * that can destroy the answer before the client reads it. So such sockets
+ * are kept (write side already shut down by evhttp) and their input read
+ * and dropped until EOF, at most LINGER_S and LINGER_MAX_BYTES. */
+#define LINGER_S 2.0
+#define LINGER_MAX_BYTES (16u * 1024 * 1024)
 
 struct guard {
     struct bufferevent *bev; /* one reference held by us */
@@ -21,6 +29,8 @@ struct guard {
     double reading_since; /* first byte of a request not yet dispatched; 0 = none */
     int busy;             /* a request is being handled */
     int killed;
+    double linger_until; /* evhttp let go; reading and dropping input until then */
+    size_t lingered;     /* bytes dropped so far */
     struct guard *next;          /* hash chain */
     struct guard *lnext, *lprev; /* all guards */
 };
@@ -122,6 +132,34 @@ static void drop(struct cm_conn_guards *g, struct guard *x)
     free(x);
 }
 
+/* Returns 1 while x should stay open to drop the client's input. */
+static int linger(struct guard *x, double now)
+{
+    evutil_socket_t fd = bufferevent_getfd(x->bev);
+    if (fd < 0 || x->killed)
+        return 0;
+    if (x->linger_until == 0) {
+        bufferevent_disable(x->bev, EV_READ | EV_WRITE);
+        x->linger_until = now + LINGER_S;
+    }
+    char buf[16384];
+    for (int i = 0; i < 64; i++) {
+        ssize_t n = recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+        if (n > 0) {
+            x->lingered += (size_t)n;
+            if (x->lingered > LINGER_MAX_BYTES)
+                return 0;
+            continue;
+        }
+        if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR))
+            return 0; /* EOF or error: nothing left to protect */
+        /* Nothing pending. On the first look that means the client was not
+         * sending: close at once (no reset without unread data). */
+        return x->lingered > 0 && now < x->linger_until;
+    }
+    return now < x->linger_until;
+}
+
 static void sweep_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct cm_conn_guards *g = arg;
@@ -136,7 +174,8 @@ static void sweep_cb(evutil_socket_t fd, short what, void *arg)
         bufferevent_event_cb ecb = NULL;
         bufferevent_getcb(x->bev, NULL, NULL, &ecb, NULL);
         if (!ecb) {
-            drop(g, x);
+            if (!linger(x, now))
+                drop(g, x);
         } else if (!x->killed && !x->busy && x->reading_since > 0 &&
                    now - x->reading_since > g->read_timeout) {
             /* Shut the socket down; evhttp sees the failure and frees the

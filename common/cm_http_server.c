@@ -1,5 +1,6 @@
 /* cm_http_server: evhttp server helper (see cm_http_server.h for the lifecycle). */
 #include "cm_http_server.h"
+#include "cm_http_framing.h"
 #include "cm_origin.h"
 
 #include "cm_alloc.h"
@@ -12,6 +13,7 @@
 #include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <event2/http.h>
+#include <event2/http_struct.h> /* major/minor: 2.1 has no getter */
 #include <event2/keyvalq_struct.h>
 #include <sys/queue.h>
 #include <openssl/crypto.h>
@@ -94,7 +96,15 @@ struct cm_http_server {
     struct cm_conn_guards *guards;
     cm_req_done_cb done_cb;
     void *done_arg;
+    cm_reject_cb reject_cb;
+    void *reject_arg;
 };
+
+static void count_reject(struct cm_http_server *srv, const char *reason)
+{
+    if (srv->reject_cb)
+        srv->reject_cb(reason, srv->reject_arg);
+}
 
 static double now_diff(const struct timespec *a)
 {
@@ -428,6 +438,16 @@ void cm_req_stream_start(struct cm_req *r, int status, const char *content_type)
     r->status = status;
     r->state = REQ_STREAMING;
     r->chunk = evbuffer_new();
+    if (r->req->major == 1 && r->req->minor == 0) {
+        /* HTTP/1.0 has no chunked encoding: the stream ends with the
+         * connection. evhttp would answer a keep-alive client with
+         * "Connection: keep-alive" and "Content-Length: 0" and then send the
+         * stream as if it were the next response. */
+        struct evkeyvalq *in = evhttp_request_get_input_headers(r->req);
+        evhttp_remove_header(in, "Connection");
+        evhttp_add_header(in, "Connection", "close");
+        evhttp_remove_header(h, "Content-Length");
+    }
     struct evhttp_connection *evcon = evhttp_request_get_connection(r->req);
     evhttp_connection_set_closecb(evcon, stream_close_cb, r);
     evhttp_send_reply_start(r->req, status, reason_phrase(status));
@@ -746,6 +766,18 @@ static void gencb(struct evhttp_request *req, void *arg)
         srv->live->prev = r;
     srv->live = r;
 
+    const char *fcode;
+    char fmsg[160];
+    if (cm_http_framing_check(evhttp_request_get_input_headers(req),
+                              cmd != EVHTTP_REQ_GET && cmd != EVHTTP_REQ_HEAD, &fcode, fmsg,
+                              sizeof fmsg) != 0) {
+        /* Whatever follows on this connection cannot be trusted: close. */
+        count_reject(srv, "malformed");
+        cm_req_add_header(r, "Connection", "close");
+        cm_req_reply_error(r, 400, "invalid_request_error", fmsg, NULL, fcode);
+        return;
+    }
+
     unsigned bit = method_bit(cmd);
     const struct route *match = NULL;
     int path_matched = 0;
@@ -792,6 +824,7 @@ static void gencb(struct evhttp_request *req, void *arg)
         free(dec);
     }
     if (srv->draining && !(match->flags & CM_ROUTE_DRAIN_OK)) {
+        count_reject(srv, "shutting_down");
         cm_req_add_header(r, "Connection", "close");
         cm_req_add_header(r, "Retry-After", "1");
         cm_req_reply_error(r, 503, "service_unavailable_error",
@@ -800,6 +833,7 @@ static void gencb(struct evhttp_request *req, void *arg)
         return;
     }
     if (!origin_ok(srv, r, cmd, match->flags)) {
+        count_reject(srv, "origin");
         cm_req_reply_error(r, 403, "invalid_request_error",
                            "Requests from this Origin are not allowed (see "
                            "LLM_PROXY_ALLOWED_ORIGINS).",
@@ -809,6 +843,7 @@ static void gencb(struct evhttp_request *req, void *arg)
     if ((match->flags & CM_ROUTE_AUTH) && srv->has_api_key) {
         int sent_key;
         if (check_api_key(srv, r, match->flags, &sent_key) != 0) {
+            count_reject(srv, "auth");
             cm_req_add_header(r, "WWW-Authenticate", "Bearer");
             if (sent_key)
                 cm_req_reply_error(r, 401, "invalid_request_error", "Incorrect API key provided.",
@@ -893,6 +928,7 @@ static void rewrite_error_page_cb(struct evbuffer *out, const struct evbuffer_cb
         return;
     char msg[200];
     const char *code;
+    count_reject(srv, status == 413 ? "too_large" : "malformed");
     if (status == 413) {
         snprintf(msg, sizeof msg,
                  "The request is too large: the body may be at most %lld bytes and the request "
@@ -975,7 +1011,12 @@ struct cm_http_server *cm_http_server_new(struct event_base *base,
             (suseconds_t)((opts->idle_timeout_s - (double)(long long)opts->idle_timeout_s) * 1e6)};
         evhttp_set_timeout_tv(srv->http, &tv);
     }
-    evhttp_set_flags(srv->http, EVHTTP_SERVER_LINGERING_CLOSE);
+    /* No EVHTTP_SERVER_LINGERING_CLOSE: with it, evhttp answers a body over
+     * the limit only after reading (and dropping) all of it, and never when
+     * the client waits for "100 Continue". Without it the 413 goes out as
+     * soon as the head announces too much; the connection guard then
+     * lingers (reads and drops input a while) so the client's unsent body
+     * does not turn the close into a reset that destroys the 413. */
     evhttp_set_default_content_type(srv->http, "application/json");
     evhttp_set_gencb(srv->http, gencb, srv);
     evhttp_set_bevcb(srv->http, make_bev, srv);
@@ -1005,6 +1046,17 @@ void cm_http_server_on_done(struct cm_http_server *srv, cm_req_done_cb cb, void 
 {
     srv->done_cb = cb;
     srv->done_arg = arg;
+}
+
+void cm_http_server_on_reject(struct cm_http_server *srv, cm_reject_cb cb, void *arg)
+{
+    srv->reject_cb = cb;
+    srv->reject_arg = arg;
+}
+
+void cm_http_server_count_reject(struct cm_http_server *srv, const char *reason)
+{
+    count_reject(srv, reason);
 }
 
 int cm_http_server_start(struct cm_http_server *srv, char *err, size_t errlen)

@@ -58,6 +58,11 @@ typedef void (*cm_route_cb)(struct cm_req *r, void *arg);
 typedef void (*cm_req_abort_cb)(struct cm_req *r, void *arg);
 typedef void (*cm_req_drain_cb)(struct cm_req *r, void *arg);
 typedef void (*cm_req_done_cb)(const struct cm_req *r, void *arg);
+/* A request refused before any handler ran; reason is a static string:
+ * "malformed" (unparsable or ambiguous framing), "too_large" (body or
+ * headers over the limit), "origin", "auth", "shutting_down", or one the
+ * caller passes to cm_http_server_count_reject(). */
+typedef void (*cm_reject_cb)(const char *reason, void *arg);
 
 struct cm_origin_policy;
 
@@ -92,6 +97,11 @@ void cm_http_server_route(struct cm_http_server *srv, unsigned methods, const ch
 
 /* Called once per finished request (replied or aborted), for metrics. */
 void cm_http_server_on_done(struct cm_http_server *srv, cm_req_done_cb cb, void *arg);
+
+/* Called for every refusal (see cm_reject_cb), for metrics. */
+void cm_http_server_on_reject(struct cm_http_server *srv, cm_reject_cb cb, void *arg);
+/* Handlers report their own refusals (queue full, limits...) the same way. */
+void cm_http_server_count_reject(struct cm_http_server *srv, const char *reason);
 
 /* Binds and listens. Returns 0, or -1 with a reason in err. */
 int cm_http_server_start(struct cm_http_server *srv, char *err, size_t errlen);
