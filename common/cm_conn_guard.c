@@ -29,8 +29,8 @@ struct guard {
     double reading_since; /* first byte of a request not yet dispatched; 0 = none */
     int busy;             /* a request is being handled */
     int killed;
-    double linger_until; /* evhttp let go; reading and dropping input until then */
-    size_t lingered;     /* bytes dropped so far */
+    double linger_until;         /* evhttp let go; reading and dropping input until then */
+    size_t lingered;             /* bytes dropped so far */
     struct guard *next;          /* hash chain */
     struct guard *lnext, *lprev; /* all guards */
 };

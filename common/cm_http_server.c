@@ -7,6 +7,7 @@
 #include "cm_conn_guard.h"
 #include "cm_json.h"
 #include "cm_log.h"
+#include "cm_mem_budget.h"
 
 #include <errno.h>
 #include <event2/buffer.h>
@@ -50,7 +51,8 @@ struct cm_req {
     enum req_state state;
     int status;
     int aborted;
-    int counted; /* part of the in-flight count */
+    int counted;     /* part of the in-flight count */
+    size_t reserved; /* body bytes held in the memory budget */
     char id[72];
     const char *method_name;
     char *path;
@@ -225,6 +227,8 @@ static void req_finish(struct cm_req *r)
         cm_conn_guards_busy(r->srv->guards, req_bev(r), 0);
     r->state = REQ_DONE;
     stop_watch(r);
+    cm_mem_budget_release(r->reserved);
+    r->reserved = 0;
     struct cm_http_server *srv = r->srv;
     double elapsed = cm_req_elapsed(r);
     if (srv->done_cb)
@@ -662,6 +666,29 @@ void *cm_req_get_data(const struct cm_req *r)
     return r->data;
 }
 
+void cm_req_drop_body(struct cm_req *r)
+{
+    struct evbuffer *body = cm_req_body(r);
+    evbuffer_drain(body, evbuffer_get_length(body));
+    cm_mem_budget_release(r->reserved);
+    r->reserved = 0;
+}
+
+void cm_req_count_reject(struct cm_req *r, const char *reason)
+{
+    count_reject(r->srv, reason);
+}
+
+void cm_req_reply_overloaded(struct cm_req *r)
+{
+    count_reject(r->srv, "body_budget");
+    cm_req_add_header(r, "Retry-After", "1");
+    cm_req_reply_error(r, 503, "service_unavailable_error",
+                       "The server is at its memory limit for request data "
+                       "(LLM_PROXY_MAX_BODY_MEMORY); retry shortly.",
+                       NULL, "overloaded");
+}
+
 json_t *cm_req_parse_json_object(struct cm_req *r)
 {
     struct evbuffer *body = cm_req_body(r);
@@ -674,7 +701,17 @@ json_t *cm_req_parse_json_object(struct cm_req *r)
                            NULL, NULL);
         return NULL;
     }
+    /* The parsed form must fit next to everything else before it exists. */
+    size_t est = cm_mem_budget_json_estimate(data, len);
+    if (cm_mem_budget_reserve(est) != 0) {
+        cm_req_reply_overloaded(r);
+        return NULL;
+    }
     json_t *v = cm_json_parse(data, len, err, sizeof err);
+    /* From here the parsed form is counted as it is (jansson's allocator
+     * hooks); the text is not needed any more: free it and its share. */
+    cm_mem_budget_release(est);
+    cm_req_drop_body(r);
     if (!v) {
         char msg[300];
         snprintf(msg, sizeof msg, "We could not parse the JSON body of your request: %s.", err);
@@ -856,6 +893,14 @@ static void gencb(struct evhttp_request *req, void *arg)
                                    NULL, NULL);
             return;
         }
+    }
+    size_t body_len = evbuffer_get_length(evhttp_request_get_input_buffer(req));
+    if (body_len) {
+        if (cm_mem_budget_reserve(body_len) != 0) {
+            cm_req_reply_overloaded(r);
+            return;
+        }
+        r->reserved = body_len;
     }
     if (!(match->flags & CM_ROUTE_DRAIN_OK)) {
         r->counted = 1;

@@ -130,6 +130,9 @@ const char *cm_req_header(const struct cm_req *r, const char *name);
 const char *cm_req_query(const struct cm_req *r, const char *name);
 /* Borrowed request body. */
 struct evbuffer *cm_req_body(const struct cm_req *r);
+/* Frees the body text and its share of the memory budget (once a handler
+ * holds what it needs from it). */
+void cm_req_drop_body(struct cm_req *r);
 int cm_req_status(const struct cm_req *r);
 double cm_req_elapsed(const struct cm_req *r); /* seconds since accepted */
 /* Attach a handler-owned pointer (not freed by the server). */
@@ -137,12 +140,23 @@ void cm_req_set_data(struct cm_req *r, void *data);
 void *cm_req_get_data(const struct cm_req *r);
 
 /*
- * Parses the body as a JSON object. On failure replies 400 (OpenAI envelope)
- * and returns NULL; the request is then finished.
+ * Parses the body as a JSON object and drops the body text. On failure
+ * replies 400 (OpenAI envelope), or 503 "overloaded" when the parse would
+ * take the process over its memory budget (cm_mem_budget.h), and returns
+ * NULL; the request is then finished.
+ *
+ * Every request body is reserved in the memory budget before its handler
+ * runs (503 "overloaded" with Retry-After when it does not fit) and
+ * released when the body is dropped or the request finishes.
  */
 json_t *cm_req_parse_json_object(struct cm_req *r);
 
 /* --- replies --- */
+/* Reports a handler's refusal of r (reason: static string) to the server's
+ * reject callback. */
+void cm_req_count_reject(struct cm_req *r, const char *reason);
+/* 503 "overloaded" with Retry-After: the memory budget is exhausted. */
+void cm_req_reply_overloaded(struct cm_req *r);
 /* Adds a response header (before the reply starts). Returns 0 or -1 (CR/LF). */
 int cm_req_add_header(struct cm_req *r, const char *name, const char *value);
 void cm_req_reply_json(struct cm_req *r, int status, json_t *body);

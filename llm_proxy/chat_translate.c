@@ -1,6 +1,8 @@
 /* chat_translate: OpenAI chat <-> Ollama /api/chat (see chat_translate.h). */
 #include "chat_translate.h"
 
+#include "chat_policy.h"
+
 #include "cm_alloc.h"
 #include "cm_json.h"
 #include "cm_metrics.h"
@@ -457,6 +459,8 @@ int chat_request_translate(const json_t *oai, struct chat_request *out, struct p
             proxy_error_set(err, 400, "options", "invalid_type", "'options' must be an object.");
             goto fail;
         }
+        if (chat_policy_check_options(user_opts, err) != 0)
+            goto fail;
         json_object_update(options, user_opts);
     }
 
@@ -531,12 +535,10 @@ int chat_request_translate(const json_t *oai, struct chat_request *out, struct p
     }
     json_t *keep_alive = json_object_get(oai, "keep_alive");
     if (keep_alive && !json_is_null(keep_alive)) {
-        if (!json_is_string(keep_alive) && !json_is_number(keep_alive)) {
-            proxy_error_set(err, 400, "keep_alive", "invalid_type",
-                            "'keep_alive' must be a number of seconds or a duration string.");
+        json_t *ka = chat_policy_keep_alive(keep_alive, err);
+        if (!ka)
             goto fail;
-        }
-        json_object_set(native, "keep_alive", keep_alive);
+        json_object_set_new(native, "keep_alive", ka);
     }
     if (translate_think(oai, native, err) != 0)
         goto fail;
