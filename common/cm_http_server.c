@@ -5,6 +5,7 @@
 
 #include "cm_alloc.h"
 #include "cm_conn_guard.h"
+#include "cm_cors.h"
 #include "cm_json.h"
 #include "cm_log.h"
 #include "cm_mem_budget.h"
@@ -347,6 +348,8 @@ static const char *reason_phrase(int status)
     switch (status) {
     case 200:
         return "OK";
+    case 204:
+        return "No Content";
     case 101:
         return "Switching Protocols";
     case 400:
@@ -773,6 +776,43 @@ static int origin_ok(struct cm_http_server *srv, struct cm_req *r, enum evhttp_c
                              cm_req_header(r, "Host"));
 }
 
+/* CORS (cm_cors.h), only when an origin policy is configured. Answers a
+ * preflight to a known path (204, or 403 for a refused Origin) and returns
+ * 1; otherwise adds the response headers for an allowed Origin and returns
+ * 0. */
+static int cors_request(struct cm_http_server *srv, struct cm_req *r, enum evhttp_cmd_type cmd,
+                        const struct route *path_route, const char *allow)
+{
+    const char *origin = cm_req_header(r, "Origin");
+    if (!srv->opts.origins || !origin)
+        return 0;
+    int ok = cm_origin_allowed(srv->opts.origins, origin, cm_req_header(r, "Host"));
+    struct evkeyvalq *out = evhttp_request_get_output_headers(r->req);
+    if (cmd == EVHTTP_REQ_OPTIONS && path_route &&
+        cm_req_header(r, "Access-Control-Request-Method")) {
+        r->route = path_route;
+        if (!ok) {
+            count_reject(srv, "origin");
+            cm_req_reply_error(r, 403, "invalid_request_error",
+                               "Requests from this Origin are not allowed (see "
+                               "LLM_PROXY_ALLOWED_ORIGINS).",
+                               NULL, "origin_not_allowed");
+            return 1;
+        }
+        char methods[80];
+        snprintf(methods, sizeof methods, "%s, OPTIONS", allow);
+        cm_cors_preflight_headers(out, origin, methods,
+                                  cm_req_header(r, "Access-Control-Request-Headers"));
+        struct evbuffer *empty = evbuffer_new();
+        cm_req_reply_buffer(r, 204, "text/plain", empty);
+        evbuffer_free(empty);
+        return 1;
+    }
+    if (ok)
+        cm_cors_response_headers(out, origin);
+    return 0;
+}
+
 static void gencb(struct evhttp_request *req, void *arg)
 {
     struct cm_http_server *srv = arg;
@@ -816,8 +856,7 @@ static void gencb(struct evhttp_request *req, void *arg)
     }
 
     unsigned bit = method_bit(cmd);
-    const struct route *match = NULL;
-    int path_matched = 0;
+    const struct route *match = NULL, *path_route = NULL;
     unsigned allowed = 0;
     for (const struct route *rt = srv->routes; rt; rt = rt->next) {
         int ok = (rt->flags & CM_ROUTE_PREFIX)
@@ -825,7 +864,8 @@ static void gencb(struct evhttp_request *req, void *arg)
                      : strcmp(r->path, rt->path) == 0;
         if (!ok)
             continue;
-        path_matched = 1;
+        if (!path_route)
+            path_route = rt;
         unsigned methods = rt->methods | ((rt->methods & CM_GET) ? CM_HEAD : 0);
         allowed |= methods;
         if (methods & bit) {
@@ -833,17 +873,18 @@ static void gencb(struct evhttp_request *req, void *arg)
             break;
         }
     }
+    char allow[64] = "";
+    size_t used = 0;
+    static const char *const names[] = {"GET", "POST", "HEAD", "PUT", "DELETE", "OPTIONS", "PATCH"};
+    for (unsigned i = 0; i < 7; i++)
+        if (allowed & (1u << i))
+            used += (size_t)snprintf(allow + used, sizeof allow - used, "%s%s", used ? ", " : "",
+                                     names[i]);
+    if (cors_request(srv, r, cmd, path_route, allow))
+        return;
     if (!match) {
         char msg[400];
-        if (path_matched) {
-            char allow[64] = "";
-            size_t used = 0;
-            static const char *const names[] = {"GET",    "POST",    "HEAD", "PUT",
-                                                "DELETE", "OPTIONS", "PATCH"};
-            for (unsigned i = 0; i < 7; i++)
-                if (allowed & (1u << i))
-                    used += (size_t)snprintf(allow + used, sizeof allow - used, "%s%s",
-                                             used ? ", " : "", names[i]);
+        if (path_route) {
             cm_req_add_header(r, "Allow", allow);
             snprintf(msg, sizeof msg, "Method %s is not allowed for %.200s. Allowed: %s.",
                      r->method_name, r->path, allow);

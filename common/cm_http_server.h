@@ -73,6 +73,12 @@ struct cm_origin_policy;
  * CM_ROUTE_STRICT_ORIGIN. The API key is checked after the origin, by one
  * check for every route: "Authorization: Bearer KEY" (spaces after Bearer
  * ignored), or ?api_key=KEY on CM_ROUTE_AUTH_QUERY routes.
+ *
+ * With a policy, the server also speaks CORS (cm_cors.h): a preflight to a
+ * known path is answered 204 before the origin-on-route and API-key checks
+ * (403 when the Origin is refused), and every response to an allowed Origin
+ * carries Access-Control-Allow-Origin, Vary: Origin and
+ * Access-Control-Expose-Headers. A refused Origin gets no CORS headers.
  */
 struct cm_http_server_opts {
     const char *host;                       /* borrowed during cm_http_server_start() */
