@@ -44,18 +44,28 @@ test('memory budget: a body that does not fit next to one in flight gets 503 ove
   }
 });
 
-test('memory budget: a body whose parsed form would not fit (400k-message shape) is refused, not parsed', async () => {
+test('memory budget: many tiny messages are translated one by one (fit), a value whose parsed form would not fit is refused unparsed', async () => {
   const p = await startProxy({ LLM_PROXY_MAX_BODY_MEMORY: '8MiB' }, { upstream: double });
   try {
+    // 120,000 messages, 3.7 MB: parsed whole this would take ~60 MB.
     const messages = Array.from({ length: 120000 }, () => ({ role: 'user', content: 'x' }));
-    const body = JSON.stringify({ model: 'qwen3:8b', messages });
-    assert.ok(body.length < 8 * 1024 * 1024);
-    const res = await postJson(`${p.url}/v1/chat/completions`, body);
+    messages.push({ role: 'user', content: 'last' });
+    const ok = await postJson(`${p.url}/v1/chat/completions`, JSON.stringify({ model: 'qwen3:8b', messages }));
+    assert.equal(ok.status, 200, ok.text);
+    assert.equal(ok.json.choices[0].message.content, 'Echo: last');
+    // One member that is a huge tree of tiny values: refused before parsing.
+    const tools = Array.from({ length: 150000 }, () => ({}));
+    const res = await postJson(`${p.url}/v1/chat/completions`, JSON.stringify({ model: 'qwen3:8b', tools, messages: [{ role: 'user', content: 'x' }] }));
     assertOpenAIError(res, 503, { code: 'overloaded' });
+    assert.equal(res.headers.get('retry-after'), '1');
+    // Embeddings (parsed whole) are admitted the same way.
+    const emb = await postJson(`${p.url}/v1/embeddings`, JSON.stringify({ model: 'bge-m3', input: 'x', options: tools }));
+    assertOpenAIError(emb, 503, { code: 'overloaded' });
     // A normal request right after is fine.
     assert.equal((await postJson(`${p.url}/v1/chat/completions`, chatBody('small'))).status, 200);
     const m = await metrics(p);
     assert.match(m, /^llm_proxy_body_memory_bytes \d+/m);
+    assert.ok(rejected(m, 'body_budget') >= 2);
   } finally {
     await p.stop();
   }

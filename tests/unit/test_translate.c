@@ -509,6 +509,74 @@ static void embeddings_upstream_numbers(void)
     embed_request_deinit(&req);
 }
 
+/* The HTTP path translates from the text, message by message: same native
+ * body and same errors as the JSON path, for valid and invalid requests. */
+static void request_text_path_matches(void)
+{
+    const char *bodies[] = {
+        "{\"model\":\"qwen3:8b\",\"messages\":[{\"role\":\"developer\",\"content\":\"Be brief\"},"
+        "{\"role\":\"user\",\"content\":\"Hi\"}],\"max_tokens\":32,\"temperature\":0.1,"
+        "\"stop\":\"\\n\",\"user\":\"u1\"}",
+        " { \"messages\" : [ {\"role\":\"assistant\",\"tool_calls\":[{\"id\":\"c1\",\"function\":"
+        "{\"name\":\"f\",\"arguments\":\"{\\\"a\\\":1}\"}}]} , {\"role\":\"tool\",\"tool_call_id\":"
+        "\"c1\",\"content\":\"r\\\"]}\"},{\"role\":\"user\",\"content\":[{\"type\":\"text\","
+        "\"text\":"
+        "\"a\"},{\"type\":\"image_url\",\"image_url\":{\"url\":\"data:image/png;base64,AAAA\"}}]}],"
+        "\"model\":\"m\",\"stream\":true,\"tools\":[{\"type\":\"function\",\"function\":{\"name\":"
+        "\"f\"}}],\"keep_alive\":0} \n",
+        "{\"model\":\"m\",\"messages\":[]}",
+        "{\"model\":\"m\",\"messages\":{}}",
+        "{\"model\":\"m\"}",
+        "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}",
+        "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"},{\"role\":\"bad\"}]}",
+        "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"n\":3}",
+    };
+    for (size_t i = 0; i < sizeof bodies / sizeof bodies[0]; i++) {
+        struct chat_request a, b;
+        struct proxy_error ea = {0}, eb = {0};
+        json_t *in = J(bodies[i]);
+        int ra = chat_request_translate(in, &a, &ea);
+        json_decref(in);
+        int rb = chat_request_translate_text(bodies[i], strlen(bodies[i]), &b, &eb);
+        CHECK(ra == rb);
+        if (ra != rb)
+            fprintf(stderr, "body %zu: json %d (%s) text %d (%s)\n", i, ra, ea.message, rb,
+                    eb.message);
+        if (ra == 0 && rb == 0) {
+            size_t la, lb;
+            char *ta = chat_request_body(&a, &la), *tb = chat_request_body(&b, &lb);
+            json_t *ja = J(ta), *jb = J(tb);
+            CHECK(json_equal(ja, jb));
+            json_decref(ja);
+            json_decref(jb);
+            free(ta);
+            free(tb);
+            chat_request_deinit(&a);
+            chat_request_deinit(&b);
+        } else if (ra != 0 && rb != 0) {
+            CHECK(ea.status == eb.status);
+            CHECK_STR(ea.param, eb.param);
+        }
+    }
+    /* Broken JSON anywhere is a 400, like the JSON parser's. */
+    const char *broken[] = {
+        "",
+        "{",
+        "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}",
+        "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"},]}",
+        "{\"model\":\"m\",\"model\":\"n\",\"messages\":[]}",
+        "{\"messages\":[],\"messages\":[]}",
+        "{\"model\":\"m\"} x",
+        "[1]",
+        "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}] ,}"};
+    for (size_t i = 0; i < sizeof broken / sizeof broken[0]; i++) {
+        struct chat_request b;
+        struct proxy_error eb = {0};
+        CHECK(chat_request_translate_text(broken[i], strlen(broken[i]), &b, &eb) == -1);
+        CHECK(eb.status == 400);
+    }
+}
+
 static void models(void)
 {
     json_t *tags = J("{\"models\":[{\"name\":\"qwen3:8b\",\"model\":\"qwen3:8b\",\"modified_at\":"
@@ -538,4 +606,4 @@ static void models(void)
 UNIT_MAIN(T(request_basic_mapping), T(request_ollama_controls), T(request_response_format),
           T(request_tools_and_images), T(request_errors), T(response_non_stream), T(stream_lines),
           T(stream_inline_think_and_tools), T(stream_error_line), T(embeddings), T(models),
-          T(request_policy), T(embeddings_upstream_numbers))
+          T(request_policy), T(embeddings_upstream_numbers), T(request_text_path_matches))
