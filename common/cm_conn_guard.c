@@ -2,6 +2,7 @@
 #include "cm_conn_guard.h"
 
 #include "cm_alloc.h"
+#include "cm_http_track.h"
 #include "cm_log.h"
 
 #include <event2/buffer.h>
@@ -31,6 +32,7 @@ struct guard {
     int killed;
     double linger_until;         /* evhttp let go; reading and dropping input until then */
     size_t lingered;             /* bytes dropped so far */
+    struct cm_http_track track;  /* chunk extensions evhttp cannot parse */
     struct guard *next;          /* hash chain */
     struct guard *lnext, *lprev; /* all guards */
 };
@@ -110,9 +112,10 @@ static void update_listener(struct cm_conn_guards *g)
 static void input_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
 {
     struct guard *x = arg;
-    (void)buf;
     if (info->n_added && !x->busy && x->reading_since == 0)
         x->reading_since = now_s();
+    if (info->n_added)
+        cm_http_track_feed(&x->track, buf, info->n_added);
 }
 
 static void drop(struct cm_conn_guards *g, struct guard *x)
@@ -229,6 +232,7 @@ void cm_conn_guards_add(struct cm_conn_guards *g, struct bufferevent *bev)
     struct guard *x = cm_xcalloc(1, sizeof *x);
     x->bev = bev;
     x->set = g;
+    cm_http_track_init(&x->track);
     bufferevent_incref(bev);
     if (g->count + 1 > g->nbuckets)
         grow(g);
@@ -251,6 +255,13 @@ void cm_conn_guards_busy(struct cm_conn_guards *g, struct bufferevent *bev, int 
         return;
     x->busy = busy;
     x->reading_since = 0;
+}
+
+void cm_conn_guards_taken_over(struct cm_conn_guards *g, struct bufferevent *bev)
+{
+    struct guard *x = bev ? find(g, bev) : NULL;
+    if (x)
+        x->track.state = CM_TRACK_OFF;
 }
 
 unsigned cm_conn_guards_count(const struct cm_conn_guards *g)

@@ -572,8 +572,10 @@ struct cm_upgraded *cm_req_upgrade(struct cm_req *r, const char *const *headers,
     bufferevent_set_timeouts(bev, NULL, NULL);
     *bev_out = bev;
     req_finish(r);
-    if (srv->guards) /* frames are not HTTP requests: no read deadline */
+    if (srv->guards) { /* frames are not HTTP requests: no read deadline, no tracking */
         cm_conn_guards_busy(srv->guards, bev, 1);
+        cm_conn_guards_taken_over(srv->guards, bev);
+    }
     return up;
 }
 
