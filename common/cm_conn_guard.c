@@ -4,12 +4,14 @@
 #include "cm_alloc.h"
 #include "cm_http_track.h"
 #include "cm_log.h"
+#include "cm_mem_budget.h"
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <event2/listener.h>
 #include <errno.h>
+#include <poll.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <sys/socket.h>
@@ -33,6 +35,8 @@ struct guard {
     double linger_until;         /* evhttp let go; reading and dropping input until then */
     size_t lingered;             /* bytes dropped so far */
     struct cm_http_track track;  /* chunk extensions evhttp cannot parse */
+    size_t receiving;            /* body bytes read, not yet dispatched (in the budget) */
+    int paused;                  /* reading stopped: the memory budget is full */
     struct guard *next;          /* hash chain */
     struct guard *lnext, *lprev; /* all guards */
 };
@@ -114,12 +118,25 @@ static void input_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, 
     struct guard *x = arg;
     if (info->n_added && !x->busy && x->reading_since == 0)
         x->reading_since = now_s();
-    if (info->n_added)
-        cm_http_track_feed(&x->track, buf, info->n_added);
+    if (!info->n_added)
+        return;
+    size_t body = cm_http_track_feed(&x->track, buf, info->n_added);
+    if (body) {
+        /* Bodies count from their first byte, not only once dispatched. */
+        x->receiving += body;
+        cm_mem_budget_charge(body);
+        if (!x->busy && cm_mem_budget_over()) {
+            /* Stop reading until the budget has room (the sweep resumes);
+             * the request read deadline still applies. */
+            bufferevent_disable(x->bev, EV_READ);
+            x->paused = 1;
+        }
+    }
 }
 
 static void drop(struct cm_conn_guards *g, struct guard *x)
 {
+    cm_mem_budget_release(x->receiving);
     struct guard **pp = &g->buckets[slot(g, x->bev)];
     while (*pp != x)
         pp = &(*pp)->next;
@@ -163,6 +180,35 @@ static int linger(struct guard *x, double now)
     return now < x->linger_until;
 }
 
+/* A paused connection cannot see its client leave (reading is off). */
+static int peer_gone(struct guard *x)
+{
+    struct pollfd p = {bufferevent_getfd(x->bev), POLLRDHUP, 0};
+    return p.fd >= 0 && poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR));
+}
+
+/* A paused connection that is over (client gone, or read deadline): drop
+ * what its client still sent, without buffering it, then let evhttp read
+ * the end of the stream and free the connection its own way. */
+static void unpause_dead(struct guard *x)
+{
+    evutil_socket_t fd = bufferevent_getfd(x->bev);
+    char buf[16384];
+    for (int i = 0; fd >= 0 && i < 64; i++) {
+        ssize_t n = recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+        if (n > 0)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+            return; /* more to come: next sweep */
+        break;
+    }
+    bufferevent_data_cb rcb = NULL;
+    bufferevent_getcb(x->bev, &rcb, NULL, NULL, NULL);
+    x->paused = 0;
+    if (rcb)
+        bufferevent_enable(x->bev, EV_READ);
+}
+
 static void sweep_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct cm_conn_guards *g = arg;
@@ -179,6 +225,16 @@ static void sweep_cb(evutil_socket_t fd, short what, void *arg)
         if (!ecb) {
             if (!linger(x, now))
                 drop(g, x);
+        } else if (x->paused && !x->busy && (x->killed || peer_gone(x))) {
+            unpause_dead(x);
+        } else if (x->paused && !x->busy && !cm_mem_budget_over()) {
+            /* Resume only while evhttp is reading a request (its read
+             * callback set): in any other state it must not get data. */
+            bufferevent_data_cb rcb = NULL;
+            bufferevent_getcb(x->bev, &rcb, NULL, NULL, NULL);
+            x->paused = 0;
+            if (rcb)
+                bufferevent_enable(x->bev, EV_READ);
         } else if (!x->killed && !x->busy && x->reading_since > 0 &&
                    now - x->reading_since > g->read_timeout) {
             /* Shut the socket down; evhttp sees the failure and frees the
@@ -255,6 +311,12 @@ void cm_conn_guards_busy(struct cm_conn_guards *g, struct bufferevent *bev, int 
         return;
     x->busy = busy;
     x->reading_since = 0;
+    if (busy) {
+        /* The server reserves the dispatched body itself. */
+        cm_mem_budget_release(x->receiving);
+        x->receiving = 0;
+        x->paused = 0; /* evhttp stopped reading on its own */
+    }
 }
 
 void cm_conn_guards_taken_over(struct cm_conn_guards *g, struct bufferevent *bev)

@@ -153,20 +153,20 @@ static void end_line(struct cm_http_track *t)
     }
 }
 
-void cm_http_track_feed(struct cm_http_track *t, struct evbuffer *buf, size_t n)
+size_t cm_http_track_feed(struct cm_http_track *t, struct evbuffer *buf, size_t n)
 {
-    size_t total = evbuffer_get_length(buf);
+    size_t total = evbuffer_get_length(buf), body = 0;
     if (t->state == CM_TRACK_OFF || n == 0 || n > total)
-        return;
+        return 0;
     struct evbuffer_ptr pos;
     if (evbuffer_ptr_set(buf, &pos, total - n, EVBUFFER_PTR_SET) != 0)
-        return;
+        return 0;
     size_t done = 0;
     while (done < n && t->state != CM_TRACK_OFF) {
         struct evbuffer_iovec v[8];
         int nv = evbuffer_peek(buf, (ev_ssize_t)(n - done), &pos, v, 8);
         if (nv <= 0)
-            return;
+            return body;
         size_t step = 0;
         for (int k = 0; k < nv && k < 8 && t->state != CM_TRACK_OFF; k++) {
             /* evbuffer_peek hands out the buffer's own memory: a chunk-size
@@ -183,6 +183,7 @@ void cm_http_track_feed(struct cm_http_track *t, struct evbuffer *buf, size_t n)
                         take = (size_t)t->left;
                     t->left -= (long long)take;
                     i += take;
+                    body += take;
                     if (t->left == 0) {
                         if (t->state == CM_TRACK_FIXED)
                             start_head(t);
@@ -207,6 +208,7 @@ void cm_http_track_feed(struct cm_http_track *t, struct evbuffer *buf, size_t n)
         }
         done += step;
         if (done < n && evbuffer_ptr_set(buf, &pos, total - n + done, EVBUFFER_PTR_SET) != 0)
-            return;
+            return body;
     }
+    return body;
 }

@@ -44,7 +44,8 @@ struct cm_http_track {
 
 void cm_http_track_init(struct cm_http_track *t);
 /* The n bytes just appended at the end of buf (which holds them last). May
- * rewrite bytes of a chunk-size line in place. */
-void cm_http_track_feed(struct cm_http_track *t, struct evbuffer *buf, size_t n);
+ * rewrite bytes of a chunk-size line in place. Returns how many of them are
+ * request body (Content-Length body or chunk data). */
+size_t cm_http_track_feed(struct cm_http_track *t, struct evbuffer *buf, size_t n);
 
 #endif

@@ -58,6 +58,16 @@ int cm_mem_budget_reserve(size_t n)
     return 0;
 }
 
+void cm_mem_budget_charge(size_t n)
+{
+    reserved_bytes += n;
+}
+
+int cm_mem_budget_over(void)
+{
+    return limit_bytes && reserved_bytes + json_bytes > limit_bytes;
+}
+
 void cm_mem_budget_release(size_t n)
 {
     reserved_bytes = n > reserved_bytes ? 0 : reserved_bytes - n;

@@ -32,6 +32,11 @@ size_t cm_mem_budget_json_bytes(void);
  * limit. */
 int cm_mem_budget_reserve(size_t n);
 void cm_mem_budget_release(size_t n);
+/* Counts n bytes that are already in memory (a body being received), even
+ * over the limit. */
+void cm_mem_budget_charge(size_t n);
+/* 1 when the bytes counted exceed the limit. */
+int cm_mem_budget_over(void);
 
 /* An upper estimate of the memory jansson needs to hold the parsed form of
  * this JSON text (measured on jansson 2.14: an empty object costs ~220

@@ -71,6 +71,39 @@ test('memory budget: many tiny messages are translated one by one (fit), a value
   }
 });
 
+test('memory budget: bodies count while they arrive; an upload over the budget is paused, its bytes released when it goes', async () => {
+  const p = await startProxy({ LLM_PROXY_MAX_BODY_MEMORY: '1MiB', MAX_BODY_BYTES: '8MiB' }, { upstream: double });
+  const net = await import('node:net');
+  const bodyMemory = async () => Number((await metrics(p)).match(/^llm_proxy_body_memory_bytes (\d+)/m)[1]);
+  try {
+    // A slow upload of 4 MB that never finishes, far beyond the budget.
+    const a = net.connect(p.port, '127.0.0.1');
+    a.on('error', () => {});
+    await new Promise((r) => a.once('connect', r));
+    a.write('POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 4500000\r\n\r\n');
+    a.write(Buffer.alloc(4 * 1024 * 1024, 0x20));
+    // Counted from its first bytes (before, only dispatched bodies were)...
+    let seen;
+    while ((seen = await bodyMemory()) < 1024 * 1024);
+    // ...and read no further than the budget (plus what one read brings).
+    assert.ok(seen < 1024 * 1024 + 256 * 1024, `counted ${seen} bytes`);
+    assert.ok((await bodyMemory()) < 1024 * 1024 + 256 * 1024);
+    // Requests without a body are not held up.
+    assert.equal((await fetch(`${p.url}/health`)).status, 200);
+    // A request with a body meanwhile does not fit: 503 overloaded.
+    assertOpenAIError(await postJson(`${p.url}/v1/chat/completions`, chatBody('during the upload')), 503,
+      { code: 'overloaded' });
+    // Once the upload's connection is gone (reset: a FIN could not get past
+    // the unread data) its bytes are released.
+    a.resetAndDestroy();
+    while ((await bodyMemory()) > 512 * 1024);
+    const res = await postJson(`${p.url}/v1/chat/completions`, chatBody('after the upload'));
+    assert.equal(res.status, 200, res.text);
+  } finally {
+    await p.stop();
+  }
+});
+
 test('/ready never takes an upstream slot: answered while the only slot is busy and the queue is 0', async () => {
   const p = await startProxy({ LLM_PROXY_MAX_UPSTREAM: '1', LLM_PROXY_QUEUE_SIZE: '0' }, { upstream: double });
   try {

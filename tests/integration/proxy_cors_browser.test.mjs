@@ -31,13 +31,18 @@ before(async () => {
       try {
         const body = await readFile(file);
         res.writeHead(200, { 'content-type': 'text/javascript' }).end(body);
-      } catch {
+      } catch (e) {
+        console.log(`page server: ${url.pathname}: ${e.message}`);
         res.writeHead(404).end();
       }
       return;
     }
     res.writeHead(200, { 'content-type': 'text/html' }).end('<!doctype html><title>app</title>');
   });
+  // Chromium reuses its connections: one closed by an idle timeout under it
+  // fails a module fetch ("Failed to fetch dynamically imported module").
+  pages.keepAliveTimeout = 120000;
+  pages.headersTimeout = 121000;
   pages.listen(0, '127.0.0.1');
   await once(pages, 'listening');
   pagePort = pages.address().port;
@@ -94,10 +99,8 @@ test('allowed origin: fetch streams a chat (preflight, Authorization, exposed x-
   await page.close();
 });
 
-test('allowed origin: the official openai SDK streams a chat from the page', async () => {
-  assert.ok(existsSync(path.join(OPENAI_DIR, 'index.mjs')));
-  const page = await openPage('app.test');
-  const content = await page.evaluate(async (base) => {
+async function sdkChat(page) {
+  return page.evaluate(async (base) => {
     const { default: OpenAI } = await import('/openai/index.mjs');
     const client = new OpenAI({ apiKey: 'k', baseURL: `${base}/v1`, dangerouslyAllowBrowser: true, maxRetries: 0 });
     const stream = await client.chat.completions.create({
@@ -107,6 +110,24 @@ test('allowed origin: the official openai SDK streams a chat from the page', asy
     for await (const chunk of stream) text += chunk.choices[0]?.delta?.content ?? '';
     return text;
   }, proxy.url);
+}
+
+test('allowed origin: the official openai SDK streams a chat from the page', async () => {
+  assert.ok(existsSync(path.join(OPENAI_DIR, 'index.mjs')));
+  let page = await openPage('app.test');
+  let content;
+  try {
+    content = await sdkChat(page);
+  } catch (e) {
+    // The SDK is ~150 module files served by this test; under a loaded
+    // machine (the sanitizer pass) one fetch can fail. A failed module stays
+    // failed in the page's module map, so retry once on a fresh page.
+    if (!/dynamically imported module/.test(String(e))) throw e;
+    console.log(`retrying the SDK page: ${e}`);
+    await page.close();
+    page = await openPage('app.test');
+    content = await sdkChat(page);
+  }
   assert.equal(content, 'Echo: sdk in the browser');
   await page.close();
 });
