@@ -8,7 +8,8 @@ const kb = (n) => `${(n / 1024 / 1024).toFixed(1)} MiB`;
 const status = (pid) => {
   const s = readFileSync(`/proc/${pid}/status`, 'utf8');
   const f = (k) => Number(s.match(new RegExp(`${k}:\\s+(\\d+)`))[1]) * 1024;
-  return { rss: f('VmRSS'), hwm: f('VmHWM') };
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
+  return { rss: f('VmRSS'), hwm: f('VmHWM'), cpu: (Number(stat[11]) + Number(stat[12])) / 100 };
 };
 
 async function measure(name, body) {
@@ -22,7 +23,7 @@ async function measure(name, body) {
   const text = await res.text();
   const after = status(proxy.proc.pid);
   const grew = after.hwm - base.rss;
-  console.log(`${name}: body ${kb(body.length)}, status ${res.status}, peak RSS growth ${kb(grew)}, ${(grew / body.length).toFixed(2)} bytes of RSS per body byte`);
+  console.log(`${name}: body ${kb(body.length)}, status ${res.status}, peak RSS growth ${kb(grew)}, ${(grew / body.length).toFixed(2)} bytes of RSS per body byte, CPU ${(after.cpu - base.cpu).toFixed(2)} s`);
   if (res.status !== 200) console.log(text.slice(0, 300));
   await proxy.stop();
   await double.stop();
