@@ -121,6 +121,15 @@ static void input_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, 
     if (!info->n_added)
         return;
     size_t body = cm_http_track_feed(&x->track, buf, info->n_added);
+    if (x->track.chunk_line_too_long && !x->killed) {
+        /* evhttp would buffer it without end: close, as for the deadline. */
+        x->killed = 1;
+        CM_WARN(NULL, "chunk_line_too_long",
+                "chunk-size line over %d bytes: closing the connection", CM_TRACK_MAX_CHUNK_LINE);
+        evutil_socket_t s = bufferevent_getfd(x->bev);
+        if (s >= 0)
+            shutdown(s, SHUT_RDWR);
+    }
     if (body) {
         /* Bodies count from their first byte, not only once dispatched. */
         x->receiving += body;

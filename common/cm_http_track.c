@@ -203,6 +203,10 @@ size_t cm_http_track_feed(struct cm_http_track *t, struct evbuffer *buf, size_t 
                 if (t->line_len < sizeof t->line)
                     t->line[t->line_len] = c;
                 t->line_len++;
+                if (t->state == CM_TRACK_CHUNK_SIZE && t->line_len > CM_TRACK_MAX_CHUNK_LINE) {
+                    t->chunk_line_too_long = 1;
+                    t->state = CM_TRACK_OFF;
+                }
             }
             step += len;
         }

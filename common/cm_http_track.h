@@ -30,8 +30,14 @@ enum cm_http_track_state {
     CM_TRACK_OFF /* stopped (lost track, or the connection was taken over) */
 };
 
+/* Longest chunk-size line (size, extensions, CR LF) accepted. evhttp 2.1
+ * bounds request heads and trailers but buffers a chunk-size line without
+ * end; the caller closes a connection whose line grows past this. */
+#define CM_TRACK_MAX_CHUNK_LINE 4096
+
 struct cm_http_track {
     enum cm_http_track_state state;
+    int chunk_line_too_long; /* set (with state OFF) when a chunk-size line passed the limit */
     long long left; /* bytes of FIXED / CHUNK_DATA still to come */
     int first_line; /* HEAD: the next line is the request line */
     int has_body;   /* HEAD: the method may carry a body */

@@ -198,3 +198,15 @@ test('chunk extensions on a pipelined keep-alive connection; ";" in bodies is le
   assert.match(text, /Echo: semi;colons; in a chunked body/);
   assert.match(text, /Echo: and; in a sized one/);
 });
+
+test('a chunk-size line without end (evhttp would buffer it all) closes the connection', async () => {
+  const sock = await raw(proxy.port);
+  sock.write('POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n' +
+    'Transfer-Encoding: chunked\r\n\r\n5;');
+  const junk = 'a'.repeat(64 * 1024);
+  while (!sock.gone) {
+    if (!sock.write(junk)) await Promise.race([once(sock, 'drain'), once(sock, 'close')]);
+    await new Promise((r) => setImmediate(r));
+  }
+  assert.match(proxy.logs.text, /chunk_line_too_long/);
+});
