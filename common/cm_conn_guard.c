@@ -2,18 +2,29 @@
 #include "cm_conn_guard.h"
 
 #include "cm_alloc.h"
+#include "cm_http_track.h"
 #include "cm_log.h"
+#include "cm_mem_budget.h"
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <event2/listener.h>
+#include <errno.h>
+#include <poll.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <sys/socket.h>
 #include <time.h>
 
 #define SWEEP_MS 200
+/* After evhttp closed a connection whose client was still sending (an early
+ * 413, a refused request), unread input would turn close() into a reset
+ * that can destroy the answer before the client reads it. So such sockets
+ * are kept (write side already shut down by evhttp) and their input read
+ * and dropped until EOF, at most LINGER_S and LINGER_MAX_BYTES. */
+#define LINGER_S 2.0
+#define LINGER_MAX_BYTES (16u * 1024 * 1024)
 
 struct guard {
     struct bufferevent *bev; /* one reference held by us */
@@ -21,6 +32,11 @@ struct guard {
     double reading_since; /* first byte of a request not yet dispatched; 0 = none */
     int busy;             /* a request is being handled */
     int killed;
+    double linger_until;         /* evhttp let go; reading and dropping input until then */
+    size_t lingered;             /* bytes dropped so far */
+    struct cm_http_track track;  /* chunk extensions evhttp cannot parse */
+    size_t receiving;            /* body bytes read, not yet dispatched (in the budget) */
+    int paused;                  /* reading stopped: the memory budget is full */
     struct guard *next;          /* hash chain */
     struct guard *lnext, *lprev; /* all guards */
 };
@@ -100,13 +116,36 @@ static void update_listener(struct cm_conn_guards *g)
 static void input_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
 {
     struct guard *x = arg;
-    (void)buf;
     if (info->n_added && !x->busy && x->reading_since == 0)
         x->reading_since = now_s();
+    if (!info->n_added)
+        return;
+    size_t body = cm_http_track_feed(&x->track, buf, info->n_added);
+    if (x->track.chunk_line_too_long && !x->killed) {
+        /* evhttp would buffer it without end: close, as for the deadline. */
+        x->killed = 1;
+        CM_WARN(NULL, "chunk_line_too_long",
+                "chunk-size line over %d bytes: closing the connection", CM_TRACK_MAX_CHUNK_LINE);
+        evutil_socket_t s = bufferevent_getfd(x->bev);
+        if (s >= 0)
+            shutdown(s, SHUT_RDWR);
+    }
+    if (body) {
+        /* Bodies count from their first byte, not only once dispatched. */
+        x->receiving += body;
+        cm_mem_budget_charge(body);
+        if (!x->busy && cm_mem_budget_over()) {
+            /* Stop reading until the budget has room (the sweep resumes);
+             * the request read deadline still applies. */
+            bufferevent_disable(x->bev, EV_READ);
+            x->paused = 1;
+        }
+    }
 }
 
 static void drop(struct cm_conn_guards *g, struct guard *x)
 {
+    cm_mem_budget_release(x->receiving);
     struct guard **pp = &g->buckets[slot(g, x->bev)];
     while (*pp != x)
         pp = &(*pp)->next;
@@ -120,6 +159,63 @@ static void drop(struct cm_conn_guards *g, struct guard *x)
     g->count--;
     bufferevent_decref(x->bev); /* evhttp has let go: this frees it and closes the fd */
     free(x);
+}
+
+/* Returns 1 while x should stay open to drop the client's input. */
+static int linger(struct guard *x, double now)
+{
+    evutil_socket_t fd = bufferevent_getfd(x->bev);
+    if (fd < 0 || x->killed)
+        return 0;
+    if (x->linger_until == 0) {
+        bufferevent_disable(x->bev, EV_READ | EV_WRITE);
+        x->linger_until = now + LINGER_S;
+    }
+    char buf[16384];
+    for (int i = 0; i < 64; i++) {
+        ssize_t n = recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+        if (n > 0) {
+            x->lingered += (size_t)n;
+            if (x->lingered > LINGER_MAX_BYTES)
+                return 0;
+            continue;
+        }
+        if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR))
+            return 0; /* EOF or error: nothing left to protect */
+        /* Nothing pending. On the first look that means the client was not
+         * sending: close at once (no reset without unread data). */
+        return x->lingered > 0 && now < x->linger_until;
+    }
+    return now < x->linger_until;
+}
+
+/* A paused connection cannot see its client leave (reading is off). */
+static int peer_gone(struct guard *x)
+{
+    struct pollfd p = {bufferevent_getfd(x->bev), POLLRDHUP, 0};
+    return p.fd >= 0 && poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR));
+}
+
+/* A paused connection that is over (client gone, or read deadline): drop
+ * what its client still sent, without buffering it, then let evhttp read
+ * the end of the stream and free the connection its own way. */
+static void unpause_dead(struct guard *x)
+{
+    evutil_socket_t fd = bufferevent_getfd(x->bev);
+    char buf[16384];
+    for (int i = 0; fd >= 0 && i < 64; i++) {
+        ssize_t n = recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+        if (n > 0)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+            return; /* more to come: next sweep */
+        break;
+    }
+    bufferevent_data_cb rcb = NULL;
+    bufferevent_getcb(x->bev, &rcb, NULL, NULL, NULL);
+    x->paused = 0;
+    if (rcb)
+        bufferevent_enable(x->bev, EV_READ);
 }
 
 static void sweep_cb(evutil_socket_t fd, short what, void *arg)
@@ -136,7 +232,18 @@ static void sweep_cb(evutil_socket_t fd, short what, void *arg)
         bufferevent_event_cb ecb = NULL;
         bufferevent_getcb(x->bev, NULL, NULL, &ecb, NULL);
         if (!ecb) {
-            drop(g, x);
+            if (!linger(x, now))
+                drop(g, x);
+        } else if (x->paused && !x->busy && (x->killed || peer_gone(x))) {
+            unpause_dead(x);
+        } else if (x->paused && !x->busy && !cm_mem_budget_over()) {
+            /* Resume only while evhttp is reading a request (its read
+             * callback set): in any other state it must not get data. */
+            bufferevent_data_cb rcb = NULL;
+            bufferevent_getcb(x->bev, &rcb, NULL, NULL, NULL);
+            x->paused = 0;
+            if (rcb)
+                bufferevent_enable(x->bev, EV_READ);
         } else if (!x->killed && !x->busy && x->reading_since > 0 &&
                    now - x->reading_since > g->read_timeout) {
             /* Shut the socket down; evhttp sees the failure and frees the
@@ -190,6 +297,7 @@ void cm_conn_guards_add(struct cm_conn_guards *g, struct bufferevent *bev)
     struct guard *x = cm_xcalloc(1, sizeof *x);
     x->bev = bev;
     x->set = g;
+    cm_http_track_init(&x->track);
     bufferevent_incref(bev);
     if (g->count + 1 > g->nbuckets)
         grow(g);
@@ -212,6 +320,19 @@ void cm_conn_guards_busy(struct cm_conn_guards *g, struct bufferevent *bev, int 
         return;
     x->busy = busy;
     x->reading_since = 0;
+    if (busy) {
+        /* The server reserves the dispatched body itself. */
+        cm_mem_budget_release(x->receiving);
+        x->receiving = 0;
+        x->paused = 0; /* evhttp stopped reading on its own */
+    }
+}
+
+void cm_conn_guards_taken_over(struct cm_conn_guards *g, struct bufferevent *bev)
+{
+    struct guard *x = bev ? find(g, bev) : NULL;
+    if (x)
+        x->track.state = CM_TRACK_OFF;
 }
 
 unsigned cm_conn_guards_count(const struct cm_conn_guards *g)

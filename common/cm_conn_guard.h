@@ -7,6 +7,10 @@
  *     request started arriving more than request_read_timeout ago and has
  *     not been dispatched is shut down.
  *
+ *   - chunk extensions: each connection's input is followed by a
+ *     cm_http_track (cm_http_track.h), which rewrites what evhttp 2.1
+ *     cannot parse before evhttp reads it.
+ *
  * evhttp creates each connection's bufferevent through evhttp_set_bevcb();
  * the guard takes a reference on it, watches its input buffer for arriving
  * bytes, and learns that evhttp freed the connection when the bufferevent's
@@ -34,6 +38,8 @@ void cm_conn_guards_set_listener(struct cm_conn_guards *g, struct evconnlistener
 void cm_conn_guards_add(struct cm_conn_guards *g, struct bufferevent *bev);
 /* A request on bev was dispatched (busy) / finished (idle again). */
 void cm_conn_guards_busy(struct cm_conn_guards *g, struct bufferevent *bev, int busy);
+/* The connection no longer carries HTTP requests (WebSocket). */
+void cm_conn_guards_taken_over(struct cm_conn_guards *g, struct bufferevent *bev);
 /* Open connections. */
 unsigned cm_conn_guards_count(const struct cm_conn_guards *g);
 

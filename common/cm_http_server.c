@@ -1,17 +1,21 @@
 /* cm_http_server: evhttp server helper (see cm_http_server.h for the lifecycle). */
 #include "cm_http_server.h"
+#include "cm_http_framing.h"
 #include "cm_origin.h"
 
 #include "cm_alloc.h"
 #include "cm_conn_guard.h"
+#include "cm_cors.h"
 #include "cm_json.h"
 #include "cm_log.h"
+#include "cm_mem_budget.h"
 
 #include <errno.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <event2/http.h>
+#include <event2/http_struct.h> /* major/minor: 2.1 has no getter */
 #include <event2/keyvalq_struct.h>
 #include <sys/queue.h>
 #include <openssl/crypto.h>
@@ -48,7 +52,8 @@ struct cm_req {
     enum req_state state;
     int status;
     int aborted;
-    int counted; /* part of the in-flight count */
+    int counted;     /* part of the in-flight count */
+    size_t reserved; /* body bytes held in the memory budget */
     char id[72];
     const char *method_name;
     char *path;
@@ -94,7 +99,15 @@ struct cm_http_server {
     struct cm_conn_guards *guards;
     cm_req_done_cb done_cb;
     void *done_arg;
+    cm_reject_cb reject_cb;
+    void *reject_arg;
 };
+
+static void count_reject(struct cm_http_server *srv, const char *reason)
+{
+    if (srv->reject_cb)
+        srv->reject_cb(reason, srv->reject_arg);
+}
 
 static double now_diff(const struct timespec *a)
 {
@@ -215,6 +228,8 @@ static void req_finish(struct cm_req *r)
         cm_conn_guards_busy(r->srv->guards, req_bev(r), 0);
     r->state = REQ_DONE;
     stop_watch(r);
+    cm_mem_budget_release(r->reserved);
+    r->reserved = 0;
     struct cm_http_server *srv = r->srv;
     double elapsed = cm_req_elapsed(r);
     if (srv->done_cb)
@@ -333,6 +348,8 @@ static const char *reason_phrase(int status)
     switch (status) {
     case 200:
         return "OK";
+    case 204:
+        return "No Content";
     case 101:
         return "Switching Protocols";
     case 400:
@@ -428,6 +445,16 @@ void cm_req_stream_start(struct cm_req *r, int status, const char *content_type)
     r->status = status;
     r->state = REQ_STREAMING;
     r->chunk = evbuffer_new();
+    if (r->req->major == 1 && r->req->minor == 0) {
+        /* HTTP/1.0 has no chunked encoding: the stream ends with the
+         * connection. evhttp would answer a keep-alive client with
+         * "Connection: keep-alive" and "Content-Length: 0" and then send the
+         * stream as if it were the next response. */
+        struct evkeyvalq *in = evhttp_request_get_input_headers(r->req);
+        evhttp_remove_header(in, "Connection");
+        evhttp_add_header(in, "Connection", "close");
+        evhttp_remove_header(h, "Content-Length");
+    }
     struct evhttp_connection *evcon = evhttp_request_get_connection(r->req);
     evhttp_connection_set_closecb(evcon, stream_close_cb, r);
     evhttp_send_reply_start(r->req, status, reason_phrase(status));
@@ -545,8 +572,10 @@ struct cm_upgraded *cm_req_upgrade(struct cm_req *r, const char *const *headers,
     bufferevent_set_timeouts(bev, NULL, NULL);
     *bev_out = bev;
     req_finish(r);
-    if (srv->guards) /* frames are not HTTP requests: no read deadline */
+    if (srv->guards) { /* frames are not HTTP requests: no read deadline, no tracking */
         cm_conn_guards_busy(srv->guards, bev, 1);
+        cm_conn_guards_taken_over(srv->guards, bev);
+    }
     return up;
 }
 
@@ -642,6 +671,29 @@ void *cm_req_get_data(const struct cm_req *r)
     return r->data;
 }
 
+void cm_req_drop_body(struct cm_req *r)
+{
+    struct evbuffer *body = cm_req_body(r);
+    evbuffer_drain(body, evbuffer_get_length(body));
+    cm_mem_budget_release(r->reserved);
+    r->reserved = 0;
+}
+
+void cm_req_count_reject(struct cm_req *r, const char *reason)
+{
+    count_reject(r->srv, reason);
+}
+
+void cm_req_reply_overloaded(struct cm_req *r)
+{
+    count_reject(r->srv, "body_budget");
+    cm_req_add_header(r, "Retry-After", "1");
+    cm_req_reply_error(r, 503, "service_unavailable_error",
+                       "The server is at its memory limit for request data "
+                       "(LLM_PROXY_MAX_BODY_MEMORY); retry shortly.",
+                       NULL, "overloaded");
+}
+
 json_t *cm_req_parse_json_object(struct cm_req *r)
 {
     struct evbuffer *body = cm_req_body(r);
@@ -654,7 +706,17 @@ json_t *cm_req_parse_json_object(struct cm_req *r)
                            NULL, NULL);
         return NULL;
     }
+    /* The parsed form must fit next to everything else before it exists. */
+    size_t est = cm_mem_budget_json_estimate(data, len);
+    if (cm_mem_budget_reserve(est) != 0) {
+        cm_req_reply_overloaded(r);
+        return NULL;
+    }
     json_t *v = cm_json_parse(data, len, err, sizeof err);
+    /* From here the parsed form is counted as it is (jansson's allocator
+     * hooks); the text is not needed any more: free it and its share. */
+    cm_mem_budget_release(est);
+    cm_req_drop_body(r);
     if (!v) {
         char msg[300];
         snprintf(msg, sizeof msg, "We could not parse the JSON body of your request: %s.", err);
@@ -716,6 +778,43 @@ static int origin_ok(struct cm_http_server *srv, struct cm_req *r, enum evhttp_c
                              cm_req_header(r, "Host"));
 }
 
+/* CORS (cm_cors.h), only when an origin policy is configured. Answers a
+ * preflight to a known path (204, or 403 for a refused Origin) and returns
+ * 1; otherwise adds the response headers for an allowed Origin and returns
+ * 0. */
+static int cors_request(struct cm_http_server *srv, struct cm_req *r, enum evhttp_cmd_type cmd,
+                        const struct route *path_route, const char *allow)
+{
+    const char *origin = cm_req_header(r, "Origin");
+    if (!srv->opts.origins || !origin)
+        return 0;
+    int ok = cm_origin_allowed(srv->opts.origins, origin, cm_req_header(r, "Host"));
+    struct evkeyvalq *out = evhttp_request_get_output_headers(r->req);
+    if (cmd == EVHTTP_REQ_OPTIONS && path_route &&
+        cm_req_header(r, "Access-Control-Request-Method")) {
+        r->route = path_route;
+        if (!ok) {
+            count_reject(srv, "origin");
+            cm_req_reply_error(r, 403, "invalid_request_error",
+                               "Requests from this Origin are not allowed (see "
+                               "LLM_PROXY_ALLOWED_ORIGINS).",
+                               NULL, "origin_not_allowed");
+            return 1;
+        }
+        char methods[80];
+        snprintf(methods, sizeof methods, "%s, OPTIONS", allow);
+        cm_cors_preflight_headers(out, origin, methods,
+                                  cm_req_header(r, "Access-Control-Request-Headers"));
+        struct evbuffer *empty = evbuffer_new();
+        cm_req_reply_buffer(r, 204, "text/plain", empty);
+        evbuffer_free(empty);
+        return 1;
+    }
+    if (ok)
+        cm_cors_response_headers(out, origin);
+    return 0;
+}
+
 static void gencb(struct evhttp_request *req, void *arg)
 {
     struct cm_http_server *srv = arg;
@@ -746,9 +845,20 @@ static void gencb(struct evhttp_request *req, void *arg)
         srv->live->prev = r;
     srv->live = r;
 
+    const char *fcode;
+    char fmsg[160];
+    if (cm_http_framing_check(evhttp_request_get_input_headers(req),
+                              cmd != EVHTTP_REQ_GET && cmd != EVHTTP_REQ_HEAD, &fcode, fmsg,
+                              sizeof fmsg) != 0) {
+        /* Whatever follows on this connection cannot be trusted: close. */
+        count_reject(srv, "malformed");
+        cm_req_add_header(r, "Connection", "close");
+        cm_req_reply_error(r, 400, "invalid_request_error", fmsg, NULL, fcode);
+        return;
+    }
+
     unsigned bit = method_bit(cmd);
-    const struct route *match = NULL;
-    int path_matched = 0;
+    const struct route *match = NULL, *path_route = NULL;
     unsigned allowed = 0;
     for (const struct route *rt = srv->routes; rt; rt = rt->next) {
         int ok = (rt->flags & CM_ROUTE_PREFIX)
@@ -756,7 +866,8 @@ static void gencb(struct evhttp_request *req, void *arg)
                      : strcmp(r->path, rt->path) == 0;
         if (!ok)
             continue;
-        path_matched = 1;
+        if (!path_route)
+            path_route = rt;
         unsigned methods = rt->methods | ((rt->methods & CM_GET) ? CM_HEAD : 0);
         allowed |= methods;
         if (methods & bit) {
@@ -764,17 +875,18 @@ static void gencb(struct evhttp_request *req, void *arg)
             break;
         }
     }
+    char allow[64] = "";
+    size_t used = 0;
+    static const char *const names[] = {"GET", "POST", "HEAD", "PUT", "DELETE", "OPTIONS", "PATCH"};
+    for (unsigned i = 0; i < 7; i++)
+        if (allowed & (1u << i))
+            used += (size_t)snprintf(allow + used, sizeof allow - used, "%s%s", used ? ", " : "",
+                                     names[i]);
+    if (cors_request(srv, r, cmd, path_route, allow))
+        return;
     if (!match) {
         char msg[400];
-        if (path_matched) {
-            char allow[64] = "";
-            size_t used = 0;
-            static const char *const names[] = {"GET",    "POST",    "HEAD", "PUT",
-                                                "DELETE", "OPTIONS", "PATCH"};
-            for (unsigned i = 0; i < 7; i++)
-                if (allowed & (1u << i))
-                    used += (size_t)snprintf(allow + used, sizeof allow - used, "%s%s",
-                                             used ? ", " : "", names[i]);
+        if (path_route) {
             cm_req_add_header(r, "Allow", allow);
             snprintf(msg, sizeof msg, "Method %s is not allowed for %.200s. Allowed: %s.",
                      r->method_name, r->path, allow);
@@ -792,6 +904,7 @@ static void gencb(struct evhttp_request *req, void *arg)
         free(dec);
     }
     if (srv->draining && !(match->flags & CM_ROUTE_DRAIN_OK)) {
+        count_reject(srv, "shutting_down");
         cm_req_add_header(r, "Connection", "close");
         cm_req_add_header(r, "Retry-After", "1");
         cm_req_reply_error(r, 503, "service_unavailable_error",
@@ -800,6 +913,7 @@ static void gencb(struct evhttp_request *req, void *arg)
         return;
     }
     if (!origin_ok(srv, r, cmd, match->flags)) {
+        count_reject(srv, "origin");
         cm_req_reply_error(r, 403, "invalid_request_error",
                            "Requests from this Origin are not allowed (see "
                            "LLM_PROXY_ALLOWED_ORIGINS).",
@@ -809,6 +923,7 @@ static void gencb(struct evhttp_request *req, void *arg)
     if ((match->flags & CM_ROUTE_AUTH) && srv->has_api_key) {
         int sent_key;
         if (check_api_key(srv, r, match->flags, &sent_key) != 0) {
+            count_reject(srv, "auth");
             cm_req_add_header(r, "WWW-Authenticate", "Bearer");
             if (sent_key)
                 cm_req_reply_error(r, 401, "invalid_request_error", "Incorrect API key provided.",
@@ -821,6 +936,14 @@ static void gencb(struct evhttp_request *req, void *arg)
                                    NULL, NULL);
             return;
         }
+    }
+    size_t body_len = evbuffer_get_length(evhttp_request_get_input_buffer(req));
+    if (body_len) {
+        if (cm_mem_budget_reserve(body_len) != 0) {
+            cm_req_reply_overloaded(r);
+            return;
+        }
+        r->reserved = body_len;
     }
     if (!(match->flags & CM_ROUTE_DRAIN_OK)) {
         r->counted = 1;
@@ -893,6 +1016,7 @@ static void rewrite_error_page_cb(struct evbuffer *out, const struct evbuffer_cb
         return;
     char msg[200];
     const char *code;
+    count_reject(srv, status == 413 ? "too_large" : "malformed");
     if (status == 413) {
         snprintf(msg, sizeof msg,
                  "The request is too large: the body may be at most %lld bytes and the request "
@@ -975,7 +1099,12 @@ struct cm_http_server *cm_http_server_new(struct event_base *base,
             (suseconds_t)((opts->idle_timeout_s - (double)(long long)opts->idle_timeout_s) * 1e6)};
         evhttp_set_timeout_tv(srv->http, &tv);
     }
-    evhttp_set_flags(srv->http, EVHTTP_SERVER_LINGERING_CLOSE);
+    /* No EVHTTP_SERVER_LINGERING_CLOSE: with it, evhttp answers a body over
+     * the limit only after reading (and dropping) all of it, and never when
+     * the client waits for "100 Continue". Without it the 413 goes out as
+     * soon as the head announces too much; the connection guard then
+     * lingers (reads and drops input a while) so the client's unsent body
+     * does not turn the close into a reset that destroys the 413. */
     evhttp_set_default_content_type(srv->http, "application/json");
     evhttp_set_gencb(srv->http, gencb, srv);
     evhttp_set_bevcb(srv->http, make_bev, srv);
@@ -1005,6 +1134,17 @@ void cm_http_server_on_done(struct cm_http_server *srv, cm_req_done_cb cb, void 
 {
     srv->done_cb = cb;
     srv->done_arg = arg;
+}
+
+void cm_http_server_on_reject(struct cm_http_server *srv, cm_reject_cb cb, void *arg)
+{
+    srv->reject_cb = cb;
+    srv->reject_arg = arg;
+}
+
+void cm_http_server_count_reject(struct cm_http_server *srv, const char *reason)
+{
+    count_reject(srv, reason);
 }
 
 int cm_http_server_start(struct cm_http_server *srv, char *err, size_t errlen)

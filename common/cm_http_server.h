@@ -58,6 +58,11 @@ typedef void (*cm_route_cb)(struct cm_req *r, void *arg);
 typedef void (*cm_req_abort_cb)(struct cm_req *r, void *arg);
 typedef void (*cm_req_drain_cb)(struct cm_req *r, void *arg);
 typedef void (*cm_req_done_cb)(const struct cm_req *r, void *arg);
+/* A request refused before any handler ran; reason is a static string:
+ * "malformed" (unparsable or ambiguous framing), "too_large" (body or
+ * headers over the limit), "origin", "auth", "shutting_down", or one the
+ * caller passes to cm_http_server_count_reject(). */
+typedef void (*cm_reject_cb)(const char *reason, void *arg);
 
 struct cm_origin_policy;
 
@@ -68,6 +73,12 @@ struct cm_origin_policy;
  * CM_ROUTE_STRICT_ORIGIN. The API key is checked after the origin, by one
  * check for every route: "Authorization: Bearer KEY" (spaces after Bearer
  * ignored), or ?api_key=KEY on CM_ROUTE_AUTH_QUERY routes.
+ *
+ * With a policy, the server also speaks CORS (cm_cors.h): a preflight to a
+ * known path is answered 204 before the origin-on-route and API-key checks
+ * (403 when the Origin is refused), and every response to an allowed Origin
+ * carries Access-Control-Allow-Origin, Vary: Origin and
+ * Access-Control-Expose-Headers. A refused Origin gets no CORS headers.
  */
 struct cm_http_server_opts {
     const char *host;                       /* borrowed during cm_http_server_start() */
@@ -92,6 +103,11 @@ void cm_http_server_route(struct cm_http_server *srv, unsigned methods, const ch
 
 /* Called once per finished request (replied or aborted), for metrics. */
 void cm_http_server_on_done(struct cm_http_server *srv, cm_req_done_cb cb, void *arg);
+
+/* Called for every refusal (see cm_reject_cb), for metrics. */
+void cm_http_server_on_reject(struct cm_http_server *srv, cm_reject_cb cb, void *arg);
+/* Handlers report their own refusals (queue full, limits...) the same way. */
+void cm_http_server_count_reject(struct cm_http_server *srv, const char *reason);
 
 /* Binds and listens. Returns 0, or -1 with a reason in err. */
 int cm_http_server_start(struct cm_http_server *srv, char *err, size_t errlen);
@@ -120,6 +136,9 @@ const char *cm_req_header(const struct cm_req *r, const char *name);
 const char *cm_req_query(const struct cm_req *r, const char *name);
 /* Borrowed request body. */
 struct evbuffer *cm_req_body(const struct cm_req *r);
+/* Frees the body text and its share of the memory budget (once a handler
+ * holds what it needs from it). */
+void cm_req_drop_body(struct cm_req *r);
 int cm_req_status(const struct cm_req *r);
 double cm_req_elapsed(const struct cm_req *r); /* seconds since accepted */
 /* Attach a handler-owned pointer (not freed by the server). */
@@ -127,12 +146,23 @@ void cm_req_set_data(struct cm_req *r, void *data);
 void *cm_req_get_data(const struct cm_req *r);
 
 /*
- * Parses the body as a JSON object. On failure replies 400 (OpenAI envelope)
- * and returns NULL; the request is then finished.
+ * Parses the body as a JSON object and drops the body text. On failure
+ * replies 400 (OpenAI envelope), or 503 "overloaded" when the parse would
+ * take the process over its memory budget (cm_mem_budget.h), and returns
+ * NULL; the request is then finished.
+ *
+ * Every request body is reserved in the memory budget before its handler
+ * runs (503 "overloaded" with Retry-After when it does not fit) and
+ * released when the body is dropped or the request finishes.
  */
 json_t *cm_req_parse_json_object(struct cm_req *r);
 
 /* --- replies --- */
+/* Reports a handler's refusal of r (reason: static string) to the server's
+ * reject callback. */
+void cm_req_count_reject(struct cm_req *r, const char *reason);
+/* 503 "overloaded" with Retry-After: the memory budget is exhausted. */
+void cm_req_reply_overloaded(struct cm_req *r);
 /* Adds a response header (before the reply starts). Returns 0 or -1 (CR/LF). */
 int cm_req_add_header(struct cm_req *r, const char *name, const char *value);
 void cm_req_reply_json(struct cm_req *r, int status, json_t *body);

@@ -216,13 +216,14 @@ static void stream_begin(struct proxy *px, struct cm_req *r, struct chat_request
 void chat_handle(struct cm_req *r, void *arg)
 {
     struct proxy *px = arg;
-    json_t *body = cm_req_parse_json_object(r);
-    if (!body)
-        return;
+    struct evbuffer *body = cm_req_body(r);
+    size_t len = evbuffer_get_length(body);
     struct chat_request req;
     struct proxy_error err;
-    int rc = chat_request_translate(body, &req, &err);
-    json_decref(body);
+    int rc = chat_request_translate_text((const char *)evbuffer_pullup(body, -1), len, &req, &err);
+    /* The text is done with; its reservation in the memory budget stays
+     * until the request ends and stands for the native text (same size). */
+    evbuffer_drain(body, len);
     if (rc != 0) {
         proxy_reply_error(r, &err);
         return;
@@ -234,10 +235,15 @@ void chat_handle(struct cm_req *r, void *arg)
     struct chat_ctx *c = cm_xcalloc(1, sizeof *c);
     c->px = px;
     c->req = req;
+    size_t native_len;
+    char *native = chat_request_body(&c->req, &native_len);
+    chat_request_drop_native(&c->req);
     struct upstream_call_opts o = {.method = "POST",
                                    .path = "/api/chat",
-                                   .body = c->req.native,
+                                   .body_text = native,
+                                   .body_len = native_len,
                                    .timeout_s = px->cfg.chat_timeout,
                                    .model = c->req.model};
     upstream_call_json(px, r, &o, chat_ok, c, chat_ctx_free);
+    free(native);
 }

@@ -1,9 +1,14 @@
 /* chat_translate: OpenAI chat <-> Ollama /api/chat (see chat_translate.h). */
 #include "chat_translate.h"
 
+#include "chat_policy.h"
+
 #include "cm_alloc.h"
 #include "cm_json.h"
+#include "cm_mem_budget.h"
 #include "cm_metrics.h"
+
+#include <event2/buffer.h>
 
 #include <math.h>
 #include <openssl/rand.h>
@@ -224,12 +229,87 @@ static int translate_tool_calls(const json_t *calls, size_t mi, json_t *native_m
     return 0;
 }
 
+/* One message -> its native form (new reference), or NULL with err set.
+ * call_names maps tool_call ids seen so far to function names. */
+static json_t *translate_message(const json_t *m, size_t mi, json_t *call_names,
+                                 struct proxy_error *err)
+{
+    char param[64];
+    snprintf(param, sizeof param, "messages[%zu]", mi);
+    const char *role = cm_json_str(m, "role");
+    if (!json_is_object(m) || !role) {
+        proxy_error_set(err, 400, param, "invalid_type",
+                        "Invalid '%s': each message must be an object with a 'role'.", param);
+        return NULL;
+    }
+    const char *nrole;
+    if (strcmp(role, "system") == 0 || strcmp(role, "developer") == 0)
+        nrole = "system";
+    else if (strcmp(role, "user") == 0 || strcmp(role, "assistant") == 0 ||
+             strcmp(role, "tool") == 0)
+        nrole = role;
+    else {
+        snprintf(param, sizeof param, "messages[%zu].role", mi);
+        proxy_error_set(err, 400, param, "invalid_value",
+                        "Invalid value for '%s': '%.40s' is not one of 'system', 'developer', "
+                        "'user', 'assistant', 'tool'.",
+                        param, role);
+        return NULL;
+    }
+    json_t *nm = json_pack("{s:s}", "role", nrole);
+    json_t *content = json_object_get(m, "content");
+    int is_assistant = strcmp(nrole, "assistant") == 0;
+    if (!content || json_is_null(content)) {
+        if (!is_assistant) {
+            snprintf(param, sizeof param, "messages[%zu].content", mi);
+            proxy_error_set(err, 400, param, "missing_required_parameter",
+                            "Missing required parameter: '%s'.", param);
+            goto fail;
+        }
+        json_object_set_new(nm, "content", json_string(""));
+    } else if (translate_content(content, mi, nm, err) != 0) {
+        goto fail;
+    }
+    if (is_assistant) {
+        const char *reasoning = cm_json_str(m, "reasoning_content");
+        if (!reasoning)
+            reasoning = cm_json_str(m, "reasoning");
+        if (reasoning && *reasoning)
+            json_object_set_new(nm, "thinking", json_string(reasoning));
+        json_t *calls = json_object_get(m, "tool_calls");
+        if (calls && !json_is_null(calls) &&
+            translate_tool_calls(calls, mi, nm, call_names, err) != 0)
+            goto fail;
+    }
+    if (strcmp(nrole, "tool") == 0) {
+        const char *tcid = cm_json_str(m, "tool_call_id");
+        if (tcid) {
+            json_object_set_new(nm, "tool_call_id", json_string(tcid));
+            const char *fname = cm_json_str(call_names, tcid);
+            if (fname)
+                json_object_set_new(nm, "tool_name", json_string(fname));
+        }
+        const char *name = cm_json_str(m, "name");
+        if (name && !json_object_get(nm, "tool_name"))
+            json_object_set_new(nm, "tool_name", json_string(name));
+    }
+    return nm;
+fail:
+    json_decref(nm);
+    return NULL;
+}
+
+static void messages_shape_error(const json_t *msgs, struct proxy_error *err)
+{
+    proxy_error_set(err, 400, "messages", json_is_array(msgs) ? "empty_array" : "invalid_type",
+                    json_is_array(msgs) ? "[] is too short - 'messages'"
+                                        : "'messages' must be a non-empty array.");
+}
+
 static json_t *translate_messages(const json_t *msgs, struct proxy_error *err)
 {
     if (!json_is_array(msgs) || json_array_size(msgs) == 0) {
-        proxy_error_set(err, 400, "messages", json_is_array(msgs) ? "empty_array" : "invalid_type",
-                        json_is_array(msgs) ? "[] is too short - 'messages'"
-                                            : "'messages' must be a non-empty array.");
+        messages_shape_error(msgs, err);
         return NULL;
     }
     json_t *out = json_array();
@@ -238,73 +318,168 @@ static json_t *translate_messages(const json_t *msgs, struct proxy_error *err)
     json_t *m;
     json_array_foreach(msgs, mi, m)
     {
-        char param[64];
-        snprintf(param, sizeof param, "messages[%zu]", mi);
-        const char *role = cm_json_str(m, "role");
-        if (!json_is_object(m) || !role) {
-            proxy_error_set(err, 400, param, "invalid_type",
-                            "Invalid '%s': each message must be an object with a 'role'.", param);
-            goto fail;
+        json_t *nm = translate_message(m, mi, call_names, err);
+        if (!nm) {
+            json_decref(call_names);
+            json_decref(out);
+            return NULL;
         }
-        const char *nrole;
-        if (strcmp(role, "system") == 0 || strcmp(role, "developer") == 0)
-            nrole = "system";
-        else if (strcmp(role, "user") == 0 || strcmp(role, "assistant") == 0 ||
-                 strcmp(role, "tool") == 0)
-            nrole = role;
-        else {
-            snprintf(param, sizeof param, "messages[%zu].role", mi);
-            proxy_error_set(err, 400, param, "invalid_value",
-                            "Invalid value for '%s': '%.40s' is not one of 'system', 'developer', "
-                            "'user', 'assistant', 'tool'.",
-                            param, role);
-            goto fail;
-        }
-        json_t *nm = json_pack("{s:s}", "role", nrole);
         json_array_append_new(out, nm);
-        json_t *content = json_object_get(m, "content");
-        int is_assistant = strcmp(nrole, "assistant") == 0;
-        if (!content || json_is_null(content)) {
-            if (!is_assistant) {
-                snprintf(param, sizeof param, "messages[%zu].content", mi);
-                proxy_error_set(err, 400, param, "missing_required_parameter",
-                                "Missing required parameter: '%s'.", param);
-                goto fail;
-            }
-            json_object_set_new(nm, "content", json_string(""));
-        } else if (translate_content(content, mi, nm, err) != 0) {
-            goto fail;
-        }
-        if (is_assistant) {
-            const char *reasoning = cm_json_str(m, "reasoning_content");
-            if (!reasoning)
-                reasoning = cm_json_str(m, "reasoning");
-            if (reasoning && *reasoning)
-                json_object_set_new(nm, "thinking", json_string(reasoning));
-            json_t *calls = json_object_get(m, "tool_calls");
-            if (calls && !json_is_null(calls) &&
-                translate_tool_calls(calls, mi, nm, call_names, err) != 0)
-                goto fail;
-        }
-        if (strcmp(nrole, "tool") == 0) {
-            const char *tcid = cm_json_str(m, "tool_call_id");
-            if (tcid) {
-                json_object_set_new(nm, "tool_call_id", json_string(tcid));
-                const char *fname = cm_json_str(call_names, tcid);
-                if (fname)
-                    json_object_set_new(nm, "tool_name", json_string(fname));
-            }
-            const char *name = cm_json_str(m, "name");
-            if (name && !json_object_get(nm, "tool_name"))
-                json_object_set_new(nm, "tool_name", json_string(name));
-        }
     }
     json_decref(call_names);
     return out;
-fail:
+}
+
+/* ------------------------------------------------------------ request text */
+
+/*
+ * The HTTP path translates from the body text so that memory stays close to
+ * the size of the text: jansson needs up to ~70 bytes per byte of JSON for
+ * small values (a 12 MB body of 400,000 one-letter messages is ~200 MB
+ * parsed). Only the top-level members other than "messages" are parsed as a
+ * whole (they are validated exactly as before); "messages" is walked
+ * element by element: each message is parsed, translated, written to the
+ * native text and freed before the next one.
+ */
+
+static size_t skip_ws(const char *s, size_t len, size_t i)
+{
+    while (i < len && (s[i] == ' ' || s[i] == '\t' || s[i] == '\n' || s[i] == '\r'))
+        i++;
+    return i;
+}
+
+/* End (exclusive) of the JSON value starting at i, or 0 when it is cut
+ * short. Only finds the extent; the value is validated by parsing it. */
+static size_t skip_value(const char *s, size_t len, size_t i)
+{
+    if (i >= len)
+        return 0;
+    if (s[i] == '"' || s[i] == '{' || s[i] == '[') {
+        size_t depth = 0;
+        int in_string = 0;
+        for (; i < len; i++) {
+            char c = s[i];
+            if (in_string) {
+                if (c == '\\')
+                    i++;
+                else if (c == '"') {
+                    in_string = 0;
+                    if (depth == 0)
+                        return i + 1;
+                }
+            } else if (c == '"') {
+                in_string = 1;
+            } else if (c == '{' || c == '[') {
+                depth++;
+            } else if (c == '}' || c == ']') {
+                if (depth == 0)
+                    return 0;
+                if (--depth == 0)
+                    return i + 1;
+            }
+        }
+        return 0;
+    }
+    size_t start = i;
+    while (i < len && s[i] != ',' && s[i] != '}' && s[i] != ']' && s[i] != ' ' && s[i] != '\t' &&
+           s[i] != '\n' && s[i] != '\r')
+        i++;
+    return i > start ? i : 0;
+}
+
+static void parse_error(struct proxy_error *err, const char *why)
+{
+    proxy_error_set(err, 400, NULL, NULL, "We could not parse the JSON body of your request: %s.",
+                    why);
+}
+
+static void overloaded_error(struct proxy_error *err)
+{
+    proxy_error_set(err, 503, NULL, "overloaded",
+                    "The server is at its memory limit for request data "
+                    "(LLM_PROXY_MAX_BODY_MEMORY); retry shortly.");
+    err->reject_reason = "body_budget";
+}
+
+/* Parses s[a, b) as one JSON value after reserving its estimated parsed
+ * size in the memory budget. NULL with err set (400 or 503). */
+static json_t *parse_slice(const char *s, size_t a, size_t b, struct proxy_error *err)
+{
+    size_t est = cm_mem_budget_json_estimate(s + a, b - a);
+    if (cm_mem_budget_reserve(est) != 0) {
+        overloaded_error(err);
+        return NULL;
+    }
+    char why[200];
+    json_t *v = cm_json_parse(s + a, b - a, why, sizeof why);
+    cm_mem_budget_release(est);
+    if (!v)
+        parse_error(err, why);
+    return v;
+}
+
+static int dump_cb(const char *buffer, size_t size, void *data)
+{
+    return evbuffer_add(data, buffer, size);
+}
+
+/* The "messages" array text s[a, b) -> native messages, comma-separated, in
+ * out. 0, or -1 with err set. */
+static int translate_messages_text(const char *s, size_t a, size_t b, struct evbuffer *out,
+                                   struct proxy_error *err)
+{
+    size_t i = skip_ws(s, b, a);
+    if (i >= b || s[i] != '[') {
+        /* Not an array: parse it to report exactly what the JSON path does. */
+        json_t *v = parse_slice(s, a, b, err);
+        if (v)
+            messages_shape_error(v, err);
+        json_decref(v);
+        return -1;
+    }
+    i = skip_ws(s, b, i + 1);
+    json_t *call_names = json_object();
+    size_t mi = 0;
+    int rc = -1;
+    if (i < b && s[i] == ']') {
+        json_t *empty = json_array();
+        messages_shape_error(empty, err);
+        json_decref(empty);
+        goto out;
+    }
+    for (;;) {
+        size_t end = skip_value(s, b, i);
+        if (!end) {
+            parse_error(err, "invalid 'messages' array");
+            goto out;
+        }
+        json_t *m = parse_slice(s, i, end, err);
+        if (!m)
+            goto out;
+        json_t *nm = translate_message(m, mi, call_names, err);
+        json_decref(m);
+        if (!nm)
+            goto out;
+        if (mi)
+            evbuffer_add(out, ",", 1);
+        json_dump_callback(nm, dump_cb, out, JSON_COMPACT);
+        json_decref(nm);
+        mi++;
+        i = skip_ws(s, b, end);
+        if (i < b && s[i] == ',') {
+            i = skip_ws(s, b, i + 1);
+            continue;
+        }
+        if (i < b && s[i] == ']' && skip_ws(s, b, i + 1) == b)
+            break;
+        parse_error(err, "invalid 'messages' array");
+        goto out;
+    }
+    rc = 0;
+out:
     json_decref(call_names);
-    json_decref(out);
-    return NULL;
+    return rc;
 }
 
 static int translate_stop(const json_t *stop, json_t *options, struct proxy_error *err)
@@ -416,7 +591,10 @@ static int translate_think(const json_t *oai, json_t *native, struct proxy_error
     return 0;
 }
 
-int chat_request_translate(const json_t *oai, struct chat_request *out, struct proxy_error *err)
+/* The request from oai; the messages come from oai, or from the text
+ * s[ma, mb) when s is not NULL (oai then has no "messages"). */
+static int translate_request(const json_t *oai, const char *s, size_t ma, size_t mb,
+                             struct chat_request *out, struct proxy_error *err)
 {
     memset(out, 0, sizeof *out);
     const char *model = proxy_require_model(oai, err);
@@ -445,11 +623,22 @@ int chat_request_translate(const json_t *oai, struct chat_request *out, struct p
         return -1;
     }
 
-    json_t *messages = translate_messages(json_object_get(oai, "messages"), err);
-    if (!messages)
-        return -1;
-    json_t *native =
-        json_pack("{s:s, s:o, s:b}", "model", model, "messages", messages, "stream", is_stream);
+    json_t *native;
+    struct evbuffer *msgs_text = NULL;
+    if (s) {
+        msgs_text = evbuffer_new();
+        if (translate_messages_text(s, ma, mb, msgs_text, err) != 0) {
+            evbuffer_free(msgs_text);
+            return -1;
+        }
+        native = json_pack("{s:s, s:b}", "model", model, "stream", is_stream);
+    } else {
+        json_t *messages = translate_messages(json_object_get(oai, "messages"), err);
+        if (!messages)
+            return -1;
+        native =
+            json_pack("{s:s, s:o, s:b}", "model", model, "messages", messages, "stream", is_stream);
+    }
     json_t *options = json_object();
     json_t *user_opts = json_object_get(oai, "options");
     if (user_opts && !json_is_null(user_opts)) {
@@ -457,6 +646,8 @@ int chat_request_translate(const json_t *oai, struct chat_request *out, struct p
             proxy_error_set(err, 400, "options", "invalid_type", "'options' must be an object.");
             goto fail;
         }
+        if (chat_policy_check_options(user_opts, err) != 0)
+            goto fail;
         json_object_update(options, user_opts);
     }
 
@@ -531,12 +722,10 @@ int chat_request_translate(const json_t *oai, struct chat_request *out, struct p
     }
     json_t *keep_alive = json_object_get(oai, "keep_alive");
     if (keep_alive && !json_is_null(keep_alive)) {
-        if (!json_is_string(keep_alive) && !json_is_number(keep_alive)) {
-            proxy_error_set(err, 400, "keep_alive", "invalid_type",
-                            "'keep_alive' must be a number of seconds or a duration string.");
+        json_t *ka = chat_policy_keep_alive(keep_alive, err);
+        if (!ka)
             goto fail;
-        }
-        json_object_set(native, "keep_alive", keep_alive);
+        json_object_set_new(native, "keep_alive", ka);
     }
     if (translate_think(oai, native, err) != 0)
         goto fail;
@@ -548,17 +737,147 @@ int chat_request_translate(const json_t *oai, struct chat_request *out, struct p
     out->stream = is_stream;
     out->include_usage = include_usage;
     out->native = native;
+    out->native_messages = msgs_text;
     return 0;
 fail:
     json_decref(options);
     json_decref(native);
+    if (msgs_text)
+        evbuffer_free(msgs_text);
     return -1;
+}
+
+int chat_request_translate(const json_t *oai, struct chat_request *out, struct proxy_error *err)
+{
+    return translate_request(oai, NULL, 0, 0, out, err);
+}
+
+int chat_request_translate_text(const char *s, size_t len, struct chat_request *out,
+                                struct proxy_error *err)
+{
+    memset(out, 0, sizeof *out);
+    if (len == 0) {
+        parse_error(err, "the body is empty");
+        return -1;
+    }
+    size_t i = skip_ws(s, len, 0);
+    if (i >= len || s[i] != '{') {
+        /* Whatever it is, the JSON path's answer. */
+        json_t *v = parse_slice(s, 0, len, err);
+        if (v)
+            proxy_error_set(err, 400, NULL, NULL, "The request body must be a JSON object.");
+        json_decref(v);
+        return -1;
+    }
+    json_t *top = json_object();
+    size_t ma = 0, mb = 0;
+    int have_messages = 0;
+    i = skip_ws(s, len, i + 1);
+    if (i < len && s[i] == '}') {
+        i = skip_ws(s, len, i + 1);
+    } else {
+        for (;;) {
+            size_t kend = (i < len && s[i] == '"') ? skip_value(s, len, i) : 0;
+            json_t *key = kend ? parse_slice(s, i, kend, err) : NULL;
+            if (!json_is_string(key)) {
+                if (key || !kend)
+                    parse_error(err, "invalid object key");
+                json_decref(key);
+                goto fail;
+            }
+            i = skip_ws(s, len, kend);
+            size_t va = i < len && s[i] == ':' ? skip_ws(s, len, i + 1) : len;
+            size_t vb = skip_value(s, len, va);
+            const char *k = json_string_value(key);
+            int dup = strcmp(k, "messages") == 0 ? have_messages : json_object_get(top, k) != NULL;
+            if (!vb || dup) {
+                parse_error(err, dup ? "duplicate object key" : "invalid object member");
+                json_decref(key);
+                goto fail;
+            }
+            if (strcmp(k, "messages") == 0) {
+                have_messages = 1;
+                ma = va;
+                mb = vb;
+            } else {
+                json_t *v = parse_slice(s, va, vb, err);
+                if (!v) {
+                    json_decref(key);
+                    goto fail;
+                }
+                json_object_set_new(top, k, v);
+            }
+            json_decref(key);
+            i = skip_ws(s, len, vb);
+            if (i < len && s[i] == ',') {
+                i = skip_ws(s, len, i + 1);
+                continue;
+            }
+            if (i < len && s[i] == '}') {
+                i = skip_ws(s, len, i + 1);
+                break;
+            }
+            parse_error(err, "invalid object");
+            goto fail;
+        }
+    }
+    if (i != len) {
+        parse_error(err, "end of file expected");
+        goto fail;
+    }
+    static const char missing[] = "null";
+    int rc = have_messages ? translate_request(top, s, ma, mb, out, err)
+                           : translate_request(top, missing, 0, sizeof missing - 1, out, err);
+    json_decref(top);
+    return rc;
+fail:
+    json_decref(top);
+    return -1;
+}
+
+char *chat_request_body(const struct chat_request *req, size_t *len)
+{
+    char *rest = cm_json_dumps(req->native);
+    if (!req->native_messages) {
+        *len = strlen(rest);
+        return rest;
+    }
+    /* {"messages":[<native messages>],<the other members>} */
+    struct evbuffer *m = req->native_messages;
+    size_t ml = evbuffer_get_length(m), rl = strlen(rest);
+    char *out = cm_xmalloc(ml + rl + 32);
+    size_t n = 0;
+    memcpy(out, "{\"messages\":[", 13);
+    n = 13;
+    evbuffer_copyout(m, out + n, ml);
+    n += ml;
+    out[n++] = ']';
+    if (rl > 2) {
+        out[n++] = ',';
+        memcpy(out + n, rest + 1, rl - 1); /* the members and the closing brace */
+        n += rl - 1;
+    } else {
+        out[n++] = '}';
+    }
+    out[n] = '\0';
+    free(rest);
+    *len = n;
+    return out;
+}
+
+void chat_request_drop_native(struct chat_request *req)
+{
+    json_decref(req->native);
+    req->native = NULL;
+    if (req->native_messages)
+        evbuffer_free(req->native_messages);
+    req->native_messages = NULL;
 }
 
 void chat_request_deinit(struct chat_request *req)
 {
     free(req->model);
-    json_decref(req->native);
+    chat_request_drop_native(req);
     memset(req, 0, sizeof *req);
 }
 

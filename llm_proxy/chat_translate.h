@@ -19,15 +19,33 @@
 
 #include <jansson.h>
 
+struct evbuffer;
+
 struct chat_request {
     char *model;       /* as the client sent it */
     int stream;        /* stream:true */
     int include_usage; /* stream_options.include_usage */
-    json_t *native;    /* the /api/chat body */
+    json_t *native;    /* the /api/chat body (without "messages" when native_messages is set) */
+    struct evbuffer *native_messages; /* owned; the native messages as comma-separated JSON
+                                         text, or NULL (they are in native) */
 };
 
 /* Returns 0, or -1 with err filled (400). */
 int chat_request_translate(const json_t *oai, struct chat_request *out, struct proxy_error *err);
+/*
+ * The same from the request's JSON text, without parsing it whole: the
+ * messages are parsed, translated and written out one at a time (memory
+ * stays near the size of the text; see chat_translate.c). Same results and
+ * 400s; also 503 "overloaded" (err->reject_reason "body_budget") when a
+ * value's parsed form does not fit in the memory budget (cm_mem_budget.h).
+ */
+int chat_request_translate_text(const char *text, size_t len, struct chat_request *out,
+                                struct proxy_error *err);
+/* The native /api/chat body as JSON text (*len bytes, NUL-terminated);
+ * caller frees. */
+char *chat_request_body(const struct chat_request *req, size_t *len);
+/* Frees the native body (once it has been sent) and keeps the rest. */
+void chat_request_drop_native(struct chat_request *req);
 void chat_request_deinit(struct chat_request *req);
 
 /* "chatcmpl-" + 24 random characters; buf >= 40 bytes. */

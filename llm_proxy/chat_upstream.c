@@ -206,12 +206,13 @@ struct upstream_chat *upstream_chat_start(struct proxy *px, const char *request_
     chat_new_id(id, sizeof id);
     chat_stream_init(&uc->st, uc->req.model, id, (long long)time(NULL), uc->req.include_usage);
 
-    char *body = cm_json_dumps(uc->req.native);
+    size_t body_len;
+    char *body = chat_request_body(&uc->req, &body_len);
     char *url = proxy_upstream_url(px, "/api/chat");
     struct cm_hc_opts o = {.method = "POST",
                            .url = url,
                            .body = body,
-                           .body_len = strlen(body),
+                           .body_len = body_len,
                            .request_id = request_id,
                            .connect_timeout_s = px->cfg.connect_timeout,
                            .first_byte_timeout_s = px->cfg.chat_timeout,
@@ -222,6 +223,7 @@ struct upstream_chat *upstream_chat_start(struct proxy *px, const char *request_
     uc->up = cm_hc_start(px->hc, &o, &cbs, uc);
     free(url);
     free(body);
+    chat_request_drop_native(&uc->req); /* the client has its own copy */
     if (!uc->up) {
         if (cm_hc_refused(px->hc))
             proxy_refused_error(px, route, err);

@@ -1,9 +1,13 @@
 /* embed_translate: see embed_translate.h. */
 #include "embed_translate.h"
 
+#include "chat_policy.h"
+
 #include "cm_alloc.h"
 #include "cm_json.h"
 
+#include <float.h>
+#include <math.h>
 #include <openssl/evp.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -93,11 +97,27 @@ int embed_request_translate(const json_t *oai, struct embed_request *out, struct
     }
     /* Ollama controls the OpenAI layer hides. */
     json_t *ka = json_object_get(oai, "keep_alive");
-    if (ka && (json_is_string(ka) || json_is_number(ka)))
-        json_object_set(native, "keep_alive", ka);
+    if (ka && !json_is_null(ka)) {
+        json_t *v = chat_policy_keep_alive(ka, err);
+        if (!v) {
+            json_decref(native);
+            return -1;
+        }
+        json_object_set_new(native, "keep_alive", v);
+    }
     json_t *opts = json_object_get(oai, "options");
-    if (json_is_object(opts))
+    if (opts && !json_is_null(opts)) {
+        if (!json_is_object(opts)) {
+            json_decref(native);
+            proxy_error_set(err, 400, "options", "invalid_type", "'options' must be an object.");
+            return -1;
+        }
+        if (chat_policy_check_options(opts, err) != 0) {
+            json_decref(native);
+            return -1;
+        }
         json_object_set(native, "options", opts);
+    }
     json_t *trunc = json_object_get(oai, "truncate");
     if (json_is_boolean(trunc))
         json_object_set(native, "truncate", trunc);
@@ -137,36 +157,96 @@ static json_t *vector_base64(const json_t *vec)
     return s;
 }
 
+static int bad_reply(struct proxy_error *err, const char *what)
+{
+    proxy_error_set(err, 502, NULL, "upstream_error",
+                    "The upstream model server returned an invalid embeddings reply (%s).", what);
+    return -1;
+}
+
+/* Every value a finite number within float range (the float32 conversion
+ * of anything else is undefined behaviour). */
+static int vector_ok(const json_t *vec)
+{
+    if (!json_is_array(vec) || json_array_size(vec) == 0)
+        return 0;
+    for (size_t k = 0; k < json_array_size(vec); k++) {
+        json_t *x = json_array_get(vec, k);
+        if (!json_is_number(x))
+            return 0;
+        double d = json_number_value(x);
+        if (!isfinite(d) || d > FLT_MAX || d < -FLT_MAX)
+            return 0;
+    }
+    return 1;
+}
+
+/* The vectors in input order (borrowed, n entries) from either the native
+ * "embeddings" array or an OpenAI-style "data" list whose "index" values
+ * must name each input exactly once. */
+static int collect_vectors(const json_t *native, size_t n, const json_t **out,
+                           struct proxy_error *err)
+{
+    json_t *embs = json_object_get(native, "embeddings");
+    json_t *data = json_object_get(native, "data");
+    if (json_is_array(embs)) {
+        if (json_array_size(embs) != n)
+            return bad_reply(err, "wrong number of embeddings");
+        for (size_t i = 0; i < n; i++)
+            out[i] = json_array_get(embs, i);
+        return 0;
+    }
+    if (!json_is_array(data) || json_array_size(data) != n)
+        return bad_reply(err, "wrong number of embeddings");
+    for (size_t i = 0; i < n; i++)
+        out[i] = NULL;
+    size_t i;
+    json_t *d;
+    json_array_foreach(data, i, d)
+    {
+        json_t *idx = json_object_get(d, "index");
+        if (!json_is_integer(idx) || json_integer_value(idx) < 0 ||
+            (size_t)json_integer_value(idx) >= n)
+            return bad_reply(err, "missing or out-of-range index");
+        size_t k = (size_t)json_integer_value(idx);
+        if (out[k])
+            return bad_reply(err, "duplicate index");
+        out[k] = json_object_get(d, "embedding");
+    }
+    return 0;
+}
+
 json_t *embed_response_translate(const json_t *native, const struct embed_request *req,
                                  long long *prompt_tokens, struct proxy_error *err)
 {
-    json_t *embs = json_object_get(native, "embeddings");
-    if (!json_is_array(embs) || json_array_size(embs) != req->n_inputs) {
-        proxy_error_set(err, 502, NULL, "upstream_invalid_response",
-                        "The upstream model server returned %zu embeddings for %zu inputs.",
-                        json_array_size(embs), req->n_inputs);
-        return NULL;
+    size_t n = req->n_inputs;
+    const json_t **vecs = cm_xcalloc(n ? n : 1, sizeof *vecs);
+    json_t *tok = json_object_get(native, "prompt_eval_count");
+    if (collect_vectors(native, n, vecs, err) != 0)
+        goto fail;
+    if (tok && !(json_is_integer(tok) && json_integer_value(tok) >= 0)) {
+        bad_reply(err, "prompt_eval_count is not a count");
+        goto fail;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (!vector_ok(vecs[i])) {
+            bad_reply(err, "an embedding is not an array of float-range numbers");
+            goto fail;
+        }
     }
     json_t *data = json_array();
-    size_t i;
-    json_t *vec;
-    json_array_foreach(embs, i, vec)
-    {
-        int ok = json_is_array(vec) && json_array_size(vec) > 0;
-        for (size_t k = 0; ok && k < json_array_size(vec); k++)
-            ok = json_is_number(json_array_get(vec, k));
-        if (!ok) {
-            json_decref(data);
-            proxy_error_set(err, 502, NULL, "upstream_invalid_response",
-                            "The upstream model server returned a malformed embedding.");
-            return NULL;
-        }
+    for (size_t i = 0; i < n; i++) {
         json_t *e = json_pack("{s:s, s:I}", "object", "embedding", "index", (json_int_t)i);
-        json_object_set_new(e, "embedding", req->base64 ? vector_base64(vec) : json_deep_copy(vec));
+        json_object_set_new(e, "embedding",
+                            req->base64 ? vector_base64(vecs[i]) : json_deep_copy(vecs[i]));
         json_array_append_new(data, e);
     }
-    *prompt_tokens = cm_json_int(native, "prompt_eval_count", 0);
+    free(vecs);
+    *prompt_tokens = tok ? (long long)json_integer_value(tok) : 0;
     return json_pack("{s:s, s:o, s:s, s:{s:I, s:I}}", "object", "list", "data", data, "model",
                      req->model, "usage", "prompt_tokens", (json_int_t)*prompt_tokens,
                      "total_tokens", (json_int_t)*prompt_tokens);
+fail:
+    free(vecs);
+    return NULL;
 }

@@ -7,7 +7,10 @@
  *   requests (at most SHUTDOWN_GRACE) -> close everything -> exit 0.
  * A second signal exits at once.
  */
+#include "chat_policy.h"
 #include "proxy.h"
+
+#include "cm_mem_budget.h"
 
 #include "cm_alloc.h"
 #include "cm_http_probe.h"
@@ -60,6 +63,13 @@ static void record_done(const struct cm_req *r, void *arg)
     cm_metric_add(px->m_requests, labels, 1);
     const char *route[] = {cm_req_route(r)};
     cm_metric_observe(px->m_duration, route, cm_req_elapsed(r));
+}
+
+static void record_reject(const char *reason, void *arg)
+{
+    struct proxy *px = arg;
+    const char *labels[] = {reason};
+    cm_metric_add(px->m_rejected, labels, 1);
 }
 
 static void drain_check_cb(evutil_socket_t fd, short what, void *arg)
@@ -130,6 +140,13 @@ static void setup_metrics(struct proxy *px)
                                             "Open WebSocket connections.", NULL);
     px->m_queue = cm_metrics_gauge(px->metrics, "llm_proxy_upstream_queue_depth",
                                    "Requests waiting for an upstream slot.", NULL);
+    px->m_rejected = cm_metrics_counter(
+        px->metrics, "llm_proxy_rejected_requests_total",
+        "Requests refused before reaching the upstream, by reason (body_budget, queue, auth, "
+        "origin, limits, too_large, malformed, shutting_down).",
+        "reason");
+    px->m_body_memory = cm_metrics_gauge(px->metrics, "llm_proxy_body_memory_bytes",
+                                         "Request bodies and JSON held in memory now.", NULL);
 }
 
 static void setup_routes(struct proxy *px)
@@ -179,6 +196,8 @@ int main(int argc, char **argv)
         return 2;
     }
 
+    /* Before any JSON value exists: every one is counted from now on. */
+    cm_mem_budget_install();
     static struct app app;
     struct proxy *px = &app.px;
     char err[512];
@@ -194,6 +213,8 @@ int main(int argc, char **argv)
         return rc;
     }
     cm_log_init_names("llm_proxy", px->cfg.log_level, px->cfg.log_format);
+    cm_mem_budget_set_limit((size_t)px->cfg.max_body_memory);
+    chat_policy_set(px->cfg.allowed_options, px->cfg.max_num_ctx, px->cfg.keep_alive_max);
     cm_log_capture_libevent();
     signal(SIGPIPE, SIG_IGN);
     /* Each connection is a file descriptor: allow as many as the hard limit. */
@@ -224,6 +245,7 @@ int main(int argc, char **argv)
                                      .origins = px->cfg.origins};
     px->srv = cm_http_server_new(px->base, &so);
     cm_http_server_on_done(px->srv, record_done, px);
+    cm_http_server_on_reject(px->srv, record_reject, px);
     setup_routes(px);
     int rc = 0;
     if (cm_http_server_start(px->srv, err, sizeof err) != 0) {
@@ -258,9 +280,11 @@ out:
         event_free(app.drain_timer);
     if (app.grace_timer)
         event_free(app.grace_timer);
+    health_ready_free(px);
     cm_metrics_free(px->metrics);
     event_base_free(px->base);
     proxy_config_free(&px->cfg);
+    chat_policy_reset();
     curl_global_cleanup();
     return rc;
 }

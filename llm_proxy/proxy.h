@@ -25,6 +25,9 @@ struct proxy {
     struct cm_metric *m_tokens;          /* type */
     struct cm_metric *m_ws_connections;  /* gauge */
     struct cm_metric *m_queue;           /* gauge: requests waiting for an upstream slot */
+    struct cm_metric *m_rejected;        /* reason */
+    struct cm_metric *m_body_memory;     /* gauge: cm_mem_budget_used() */
+    struct ready_probe *ready;           /* /ready's cached probe (health_handler.c) */
     struct ws_session *ws_sessions;      /* live WebSocket sessions (ws_session.c) */
     unsigned ws_count;
 };
@@ -37,6 +40,8 @@ void models_handle_get(struct cm_req *r, void *arg);
 void health_handle_live(struct cm_req *r, void *arg);
 void health_handle_ready(struct cm_req *r, void *arg);
 void health_handle_metrics(struct cm_req *r, void *arg);
+/* Frees /ready's probe state (cancels a probe in flight). */
+void health_ready_free(struct proxy *px);
 void ws_handle_upgrade(struct cm_req *r, void *arg);
 
 /* Graceful shutdown of WebSocket sessions: requests in flight finish, then

@@ -225,6 +225,54 @@
              0,                                                                                    \
              &(cfg)->log_format,                                                                   \
              "text (logfmt) or json"},                                                             \
+            {"LLM_PROXY_MAX_BODY_MEMORY",                                                          \
+             CM_CFG_BYTES,                                                                         \
+             "256MiB",                                                                             \
+             4096,                                                                                 \
+             68719476736.0,                                                                        \
+             NULL,                                                                                 \
+             0,                                                                                    \
+             &(cfg)->max_body_memory,                                                              \
+             "Request bodies and their parsed/translated forms in memory at once, all requests "   \
+             "together (503 overloaded above)"},                                                   \
+            {"READY_CACHE_TTL",                                                                    \
+             CM_CFG_SECONDS,                                                                       \
+             "1",                                                                                  \
+             0,                                                                                    \
+             3600,                                                                                 \
+             NULL,                                                                                 \
+             0,                                                                                    \
+             &(cfg)->ready_cache_ttl,                                                              \
+             "/ready reuses one upstream probe result this long (seconds)"},                       \
+            {"LLM_PROXY_ALLOWED_OPTIONS",                                                          \
+             CM_CFG_STRING,                                                                        \
+             PROXY_DEFAULT_ALLOWED_OPTIONS,                                                        \
+             0,                                                                                    \
+             0,                                                                                    \
+             NULL,                                                                                 \
+             0,                                                                                    \
+             &(cfg)->allowed_options,                                                              \
+             "Ollama 'options' keys clients may set (comma list, * = any); others 400"},           \
+            {"LLM_PROXY_MAX_NUM_CTX",                                                              \
+             CM_CFG_INT,                                                                           \
+             "32768",                                                                              \
+             1,                                                                                    \
+             100000000,                                                                            \
+             NULL,                                                                                 \
+             0,                                                                                    \
+             &(cfg)->max_num_ctx,                                                                  \
+             "Largest options.num_ctx a client may ask for (400 above)"},                          \
+            {"LLM_PROXY_KEEP_ALIVE_MAX",                                                           \
+             CM_CFG_SECONDS,                                                                       \
+             "30m",                                                                                \
+             0,                                                                                    \
+             31536000,                                                                             \
+             NULL,                                                                                 \
+             0,                                                                                    \
+             &(cfg)->keep_alive_max,                                                               \
+             "Longest keep_alive passed upstream; longer or negative (forever) is lowered to "     \
+             "this "                                                                               \
+             "(seconds)"},                                                                         \
     }
 
 int proxy_config_load(struct proxy_config *cfg, cm_cfg_getenv_cb getenv_fn, void *ctx, char *err,

@@ -9,6 +9,12 @@
 #include "cm_log.h"
 #include "cm_origin.h"
 
+/* Ollama "options" keys clients may set unless LLM_PROXY_ALLOWED_OPTIONS
+ * says otherwise: sampling, the output length and the context size. */
+#define PROXY_DEFAULT_ALLOWED_OPTIONS                                                              \
+    "temperature,top_k,top_p,min_p,typical_p,repeat_last_n,repeat_penalty,presence_penalty,"       \
+    "frequency_penalty,seed,stop,num_predict,num_ctx"
+
 struct proxy_config {
     char *host;
     long long port;
@@ -36,6 +42,11 @@ struct proxy_config {
     double ws_send_timeout;
     char *log_level;
     char *log_format;
+    long long max_body_memory;
+    double ready_cache_ttl;
+    char *allowed_options;
+    long long max_num_ctx;
+    double keep_alive_max;
 };
 
 /* Returns 0, or -1 with a reason naming the variable. getenv_fn NULL = getenv. */

@@ -12,6 +12,7 @@ void proxy_error_set(struct proxy_error *e, int status, const char *param, const
     e->status = status;
     snprintf(e->param, sizeof e->param, "%s", param ? param : "");
     e->code = code;
+    e->reject_reason = NULL;
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(e->message, sizeof e->message, fmt, ap);

@@ -10,6 +10,9 @@ struct proxy_error {
     char message[512]; /* human text */
     char param[128];   /* field path, "" = null */
     const char *code;  /* static string or NULL */
+    /* A refusal by the operator's policy: the reason counted in
+     * llm_proxy_rejected_requests_total (static string), else NULL. */
+    const char *reject_reason;
 };
 
 void proxy_error_set(struct proxy_error *e, int status, const char *param, const char *code,

@@ -74,8 +74,10 @@ void upstream_call_json(struct proxy *px, struct cm_req *r, const struct upstrea
     char *url = proxy_upstream_url(px, o->path);
     struct cm_hc_opts ho = {.method = o->method,
                             .url = url,
-                            .body = body,
-                            .body_len = body ? strlen(body) : 0,
+                            .body = body ? body : o->body_text,
+                            .body_len = body           ? strlen(body)
+                                        : o->body_text ? o->body_len
+                                                       : 0,
                             .request_id = cm_req_id(r),
                             .connect_timeout_s = px->cfg.connect_timeout,
                             .total_timeout_s = o->timeout_s};

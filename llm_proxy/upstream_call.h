@@ -20,6 +20,8 @@ struct upstream_call_opts {
     const char *method; /* "GET" or "POST" */
     const char *path;   /* "/api/embed" */
     const json_t *body; /* borrowed; NULL for GET */
+    const char *body_text; /* used instead of body when set: borrowed, copied by the call */
+    size_t body_len;
     double timeout_s;   /* whole exchange */
     const char *model;  /* for 404 messages; borrowed during the call only */
 };

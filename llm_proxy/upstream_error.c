@@ -22,12 +22,15 @@ static void count(struct proxy *px, const char *route, const char *kind)
 void proxy_refused_error(struct proxy *px, const char *route, struct proxy_error *out)
 {
     count(px, route, "queue_full");
+    cm_http_server_count_reject(px->srv, "queue");
     proxy_error_set(out, 429, NULL, "too_many_requests",
                     "Too many requests are waiting for the upstream; retry later.");
 }
 
 void proxy_reply_error(struct cm_req *r, const struct proxy_error *e)
 {
+    if (e->reject_reason)
+        cm_req_count_reject(r, e->reject_reason);
     if (e->status == 429 || e->status == 503)
         cm_req_add_header(r, "Retry-After", "1");
     cm_req_reply_error(r, e->status, cm_oai_error_type(e->status), e->message,
@@ -58,6 +61,7 @@ void proxy_upstream_error(struct proxy *px, const char *route, enum cm_hc_result
         return;
     case CM_HC_ERR_QUEUE_TIMEOUT:
         count(px, route, "queue_timeout");
+        cm_http_server_count_reject(px->srv, "queue");
         proxy_error_set(out, 503, NULL, "overloaded",
                         "All upstream slots stayed busy for LLM_PROXY_QUEUE_TIMEOUT; retry later.");
         return;

@@ -20,6 +20,7 @@
  *   @inline-think    reasoning inline in content (<think>...</think>)
  *   @orphan-think    content starts with reasoning and a lone </think>
  *   @slow=MS         (non-stream) answer after MS
+ *   @float-overflow  (embeddings, first input) a vector value of 1e39
  * Models: qwen3:32b, qwen3:8b (thinking), llama3.2:latest (no thinking),
  * qwen3-legacy:latest (inline thinking, like Ollama < 0.9), bge-m3:latest
  * (embedding only). --chat-delay-ms adds latency to every chat answer.
@@ -753,10 +754,13 @@ static void handle_embed(struct cm_req *r, void *arg)
     long tokens = 0;
     size_t i;
     json_t *v;
+    int overflow = text0 && strstr(text0, "@float-overflow") != NULL;
     json_array_foreach(inputs, i, v)
     {
         json_t *vec = json_array();
         embed_vector(json_string_value(v), dims, vec);
+        if (overflow) /* a value no float can hold */
+            json_array_set_new(vec, 0, json_real(1e39));
         json_array_append_new(embs, vec);
         tokens += 1 + (long)json_string_length(v) / 4;
     }

@@ -72,6 +72,10 @@ test('a request that waits longer than LLM_PROXY_QUEUE_TIMEOUT gets 503 with Ret
   const m = await (await fetch(`${proxy.url}/metrics`)).text();
   assert.match(m, /llm_proxy_upstream_errors_total\{route="chat_completions",kind="queue_full"\} [1-9]/);
   assert.match(m, /llm_proxy_upstream_errors_total\{route="embeddings",kind="queue_timeout"\} [1-9]/);
+  // Both refusals (429 queue full in the first test, 503 queue timeout here)
+  // are counted by reason.
+  const q = m.match(/^llm_proxy_rejected_requests_total\{reason="queue"\} (\d+)/m);
+  assert.ok(q && Number(q[1]) >= 2, 'queue refusals counted');
 });
 
 import net from 'node:net';

@@ -152,6 +152,7 @@ describe('process', () => {
     assert.equal(h.status, 0);
     for (const v of ['LLM_PROXY_HOST', 'LLM_PROXY_PORT', 'OLLAMA_URL_INTERNAL', 'CHAT_TIMEOUT',
       'EMBEDDINGS_TIMEOUT', 'CONNECT_TIMEOUT', 'MAX_BODY_BYTES', 'LLM_PROXY_API_KEY', 'LOG_LEVEL',
+      'LLM_PROXY_MAX_BODY_MEMORY', 'READY_CACHE_TTL', 'LLM_PROXY_ALLOWED_OPTIONS', 'LLM_PROXY_MAX_NUM_CTX', 'LLM_PROXY_KEEP_ALIVE_MAX',
       'LOG_FORMAT', 'SHUTDOWN_GRACE', 'SSE_KEEPALIVE_INTERVAL']) assert.match(h.stdout, new RegExp(v));
     const v = spawnSync(bin, ['--version'], { encoding: 'utf8' });
     assert.match(v.stdout, /^llm_proxy \d+\.\d+\.\d+/);

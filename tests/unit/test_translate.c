@@ -1,10 +1,12 @@
 /* Unit tests of llm_proxy's translation: requests, responses, stream lines. */
+#include "chat_policy.h"
 #include "chat_translate.h"
 #include "cm_json.h"
 #include "embed_translate.h"
 #include "models_translate.h"
 #include "unit.h"
 
+#include <float.h>
 #include <stdlib.h>
 
 static json_t *J(const char *text)
@@ -396,6 +398,185 @@ static void embeddings(void)
     }
 }
 
+static void request_policy(void)
+{
+    chat_policy_set(NULL, 8192, 600);
+    struct chat_request req;
+    /* Default list: sampling keys, num_predict, num_ctx within the cap. */
+    json_t *n = translate_ok("{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":"
+                             "\"x\"}],\"options\":{\"num_ctx\":8192,\"top_k\":5},"
+                             "\"keep_alive\":\"5m\"}",
+                             &req);
+    if (n) {
+        CHECK(I(n, "options.num_ctx") == 8192);
+        CHECK_STR(S(n, "keep_alive"), "5m");
+        chat_request_deinit(&req);
+    }
+    /* keep_alive longer than the maximum, or forever (-1), is lowered. */
+    const char *clamped[] = {"\"-1\"", "-1", "\"2h\"", "86400", "\"1h30m\""};
+    for (size_t i = 0; i < sizeof clamped / sizeof clamped[0]; i++) {
+        char body[200];
+        snprintf(body, sizeof body,
+                 "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],"
+                 "\"keep_alive\":%s}",
+                 clamped[i]);
+        n = translate_ok(body, &req);
+        if (n) {
+            CHECK(I(n, "keep_alive") == 600);
+            chat_request_deinit(&req);
+        }
+    }
+    translate_err("{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],"
+                  "\"options\":{\"num_gpu\":99}}",
+                  400, "options.num_gpu");
+    translate_err("{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],"
+                  "\"options\":{\"num_ctx\":10000000}}",
+                  400, "options.num_ctx");
+    translate_err("{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],"
+                  "\"keep_alive\":\"soon\"}",
+                  400, "keep_alive");
+    /* Embeddings follow the same policy. */
+    struct embed_request er;
+    struct proxy_error err = {0};
+    json_t *in = J("{\"model\":\"m\",\"input\":\"x\",\"options\":{\"main_gpu\":1}}");
+    CHECK(embed_request_translate(in, &er, &err) == -1 && err.status == 400);
+    CHECK_STR(err.param, "options.main_gpu");
+    json_decref(in);
+    in = J("{\"model\":\"m\",\"input\":\"x\",\"keep_alive\":-1}");
+    CHECK(embed_request_translate(in, &er, &err) == 0);
+    CHECK(I(er.native, "keep_alive") == 600);
+    embed_request_deinit(&er);
+    json_decref(in);
+    /* "*" lets everything through. */
+    chat_policy_set("*", 0, -1);
+    n = translate_ok("{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],"
+                     "\"options\":{\"num_gpu\":1,\"num_ctx\":1000000},\"keep_alive\":-1}",
+                     &req);
+    if (n) {
+        CHECK(I(n, "options.num_gpu") == 1);
+        CHECK(I(n, "keep_alive") == -1);
+        chat_request_deinit(&req);
+    }
+    chat_policy_reset();
+}
+
+static void embeddings_upstream_numbers(void)
+{
+    struct embed_request req;
+    struct proxy_error err = {0};
+    json_t *in = J("{\"model\":\"bge-m3\",\"input\":[\"a\",\"b\"]}");
+    CHECK(embed_request_translate(in, &req, &err) == 0);
+    json_decref(in);
+    long long tok = 0;
+    /* Out of float range (would be undefined behaviour when converted). */
+    const char *bad[] = {
+        "{\"embeddings\":[[1e39],[0.5]]}",
+        "{\"embeddings\":[[0.5],[-1e300]]}",
+        /* Indexed form: each index exactly once. */
+        "{\"data\":[{\"index\":0,\"embedding\":[1]},{\"index\":0,\"embedding\":[2]}]}",
+        "{\"data\":[{\"index\":0,\"embedding\":[1]},{\"index\":5,\"embedding\":[2]}]}",
+        "{\"data\":[{\"embedding\":[1]},{\"index\":1,\"embedding\":[2]}]}",
+        "{\"embeddings\":[[0.5],[0.5]],\"prompt_eval_count\":-4}",
+        "{\"embeddings\":[[0.5],[0.5]],\"prompt_eval_count\":1e300}",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        json_t *native = J(bad[i]);
+        err.status = 0;
+        json_t *out = embed_response_translate(native, &req, &tok, &err);
+        CHECK(out == NULL && err.status == 502);
+        CHECK_STR(err.code, "upstream_error");
+        json_decref(out);
+        json_decref(native);
+    }
+    /* The indexed form in any order is put back in input order. */
+    json_t *native = J("{\"data\":[{\"index\":1,\"embedding\":[2]},{\"index\":0,\"embedding\":"
+                       "[1]}]}");
+    json_t *out = embed_response_translate(native, &req, &tok, &err);
+    CHECK(out != NULL);
+    CHECK(json_number_value(at(out, "data.0.embedding.0")) == 1);
+    CHECK(I(out, "data.1.index") == 1);
+    json_decref(out);
+    json_decref(native);
+    /* FLT_MAX itself is fine. */
+    char buf[128];
+    snprintf(buf, sizeof buf, "{\"embeddings\":[[%.17g],[%.17g]]}", (double)FLT_MAX,
+             -(double)FLT_MAX);
+    native = J(buf);
+    out = embed_response_translate(native, &req, &tok, &err);
+    CHECK(out != NULL);
+    json_decref(out);
+    json_decref(native);
+    embed_request_deinit(&req);
+}
+
+/* The HTTP path translates from the text, message by message: same native
+ * body and same errors as the JSON path, for valid and invalid requests. */
+static void request_text_path_matches(void)
+{
+    const char *bodies[] = {
+        "{\"model\":\"qwen3:8b\",\"messages\":[{\"role\":\"developer\",\"content\":\"Be brief\"},"
+        "{\"role\":\"user\",\"content\":\"Hi\"}],\"max_tokens\":32,\"temperature\":0.1,"
+        "\"stop\":\"\\n\",\"user\":\"u1\"}",
+        " { \"messages\" : [ {\"role\":\"assistant\",\"tool_calls\":[{\"id\":\"c1\",\"function\":"
+        "{\"name\":\"f\",\"arguments\":\"{\\\"a\\\":1}\"}}]} , {\"role\":\"tool\",\"tool_call_id\":"
+        "\"c1\",\"content\":\"r\\\"]}\"},{\"role\":\"user\",\"content\":[{\"type\":\"text\","
+        "\"text\":"
+        "\"a\"},{\"type\":\"image_url\",\"image_url\":{\"url\":\"data:image/png;base64,AAAA\"}}]}],"
+        "\"model\":\"m\",\"stream\":true,\"tools\":[{\"type\":\"function\",\"function\":{\"name\":"
+        "\"f\"}}],\"keep_alive\":0} \n",
+        "{\"model\":\"m\",\"messages\":[]}",
+        "{\"model\":\"m\",\"messages\":{}}",
+        "{\"model\":\"m\"}",
+        "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}",
+        "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"},{\"role\":\"bad\"}]}",
+        "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"n\":3}",
+    };
+    for (size_t i = 0; i < sizeof bodies / sizeof bodies[0]; i++) {
+        struct chat_request a, b;
+        struct proxy_error ea = {0}, eb = {0};
+        json_t *in = J(bodies[i]);
+        int ra = chat_request_translate(in, &a, &ea);
+        json_decref(in);
+        int rb = chat_request_translate_text(bodies[i], strlen(bodies[i]), &b, &eb);
+        CHECK(ra == rb);
+        if (ra != rb)
+            fprintf(stderr, "body %zu: json %d (%s) text %d (%s)\n", i, ra, ea.message, rb,
+                    eb.message);
+        if (ra == 0 && rb == 0) {
+            size_t la, lb;
+            char *ta = chat_request_body(&a, &la), *tb = chat_request_body(&b, &lb);
+            json_t *ja = J(ta), *jb = J(tb);
+            CHECK(json_equal(ja, jb));
+            json_decref(ja);
+            json_decref(jb);
+            free(ta);
+            free(tb);
+            chat_request_deinit(&a);
+            chat_request_deinit(&b);
+        } else if (ra != 0 && rb != 0) {
+            CHECK(ea.status == eb.status);
+            CHECK_STR(ea.param, eb.param);
+        }
+    }
+    /* Broken JSON anywhere is a 400, like the JSON parser's. */
+    const char *broken[] = {
+        "",
+        "{",
+        "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}",
+        "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"},]}",
+        "{\"model\":\"m\",\"model\":\"n\",\"messages\":[]}",
+        "{\"messages\":[],\"messages\":[]}",
+        "{\"model\":\"m\"} x",
+        "[1]",
+        "{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}] ,}"};
+    for (size_t i = 0; i < sizeof broken / sizeof broken[0]; i++) {
+        struct chat_request b;
+        struct proxy_error eb = {0};
+        CHECK(chat_request_translate_text(broken[i], strlen(broken[i]), &b, &eb) == -1);
+        CHECK(eb.status == 400);
+    }
+}
+
 static void models(void)
 {
     json_t *tags = J("{\"models\":[{\"name\":\"qwen3:8b\",\"model\":\"qwen3:8b\",\"modified_at\":"
@@ -424,4 +605,5 @@ static void models(void)
 
 UNIT_MAIN(T(request_basic_mapping), T(request_ollama_controls), T(request_response_format),
           T(request_tools_and_images), T(request_errors), T(response_non_stream), T(stream_lines),
-          T(stream_inline_think_and_tools), T(stream_error_line), T(embeddings), T(models))
+          T(stream_inline_think_and_tools), T(stream_error_line), T(embeddings), T(models),
+          T(request_policy), T(embeddings_upstream_numbers), T(request_text_path_matches))

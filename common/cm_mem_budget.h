@@ -1,0 +1,49 @@
+/*
+ * cm_mem_budget: the process-wide budget for request memory
+ * (LLM_PROXY_MAX_BODY_MEMORY): request bodies in flight plus every JSON
+ * value alive in the process (parsed requests, translated upstream bodies,
+ * replies being built).
+ *
+ * Bodies are reserved explicitly (cm_mem_budget_reserve/release). JSON
+ * memory is counted by jansson's allocator hooks (cm_mem_budget_install,
+ * before any jansson call): the live size of each block (malloc_usable_size)
+ * is added on allocation and subtracted on free; allocations never fail on
+ * account of the budget (replies in progress must finish). Admission is
+ * decided before a parse, from cm_mem_budget_json_estimate().
+ *
+ * Process-wide state, loop thread only. No ownership beyond the counters.
+ */
+#ifndef CM_MEM_BUDGET_H
+#define CM_MEM_BUDGET_H
+
+#include <stddef.h>
+
+/* Installs the jansson hooks; call first thing in main. */
+void cm_mem_budget_install(void);
+/* limit in bytes; 0 = unlimited. */
+void cm_mem_budget_set_limit(size_t limit);
+size_t cm_mem_budget_limit(void);
+/* Bytes counted now (reserved bodies + live JSON). */
+size_t cm_mem_budget_used(void);
+/* Live JSON bytes only (for measurements). */
+size_t cm_mem_budget_json_bytes(void);
+
+/* Reserves n bytes: 0, or -1 (nothing reserved) when it would exceed the
+ * limit. */
+int cm_mem_budget_reserve(size_t n);
+void cm_mem_budget_release(size_t n);
+/* Counts n bytes that are already in memory (a body being received), even
+ * over the limit. */
+void cm_mem_budget_charge(size_t n);
+/* 1 when the bytes counted exceed the limit. */
+int cm_mem_budget_over(void);
+
+/* An upper estimate of the memory jansson needs to hold the parsed form of
+ * this JSON text (measured on jansson 2.14: an empty object costs ~220
+ * bytes, an array ~125, a string ~75 plus its length, a number ~35, an
+ * object member ~60), from one string-aware pass over the text. Reserve it
+ * before parsing: jansson does not survive failed allocations mid-parse, so
+ * the budget must be checked before, not during. */
+size_t cm_mem_budget_json_estimate(const char *text, size_t len);
+
+#endif

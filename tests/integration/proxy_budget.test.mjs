@@ -1,0 +1,197 @@
+// llm_proxy resource policy: the process-wide request memory budget
+// (LLM_PROXY_MAX_BODY_MEMORY), /ready off the upstream slots, the operator's
+// limits on pass-through options, and the refusal counter.
+import assert from 'node:assert/strict';
+import { after, before, test } from 'node:test';
+import { assertOpenAIError, chatBody, dataOf, postJson, sseReader, startDouble, startProxy } from './harness.mjs';
+
+let double;
+before(async () => { double = await startDouble(); });
+after(async () => { await double.stop(); });
+
+async function metrics(p) {
+  return (await fetch(`${p.url}/metrics`)).text();
+}
+function rejected(text, reason) {
+  const m = text.match(new RegExp(`^llm_proxy_rejected_requests_total\\{reason="${reason}"\\} (\\d+)`, 'm'));
+  return m ? Number(m[1]) : 0;
+}
+
+test('memory budget: a body that does not fit next to one in flight gets 503 overloaded with Retry-After', async () => {
+  const p = await startProxy({ LLM_PROXY_MAX_BODY_MEMORY: '1536KiB' }, { upstream: double });
+  try {
+    const big = 'x'.repeat(400 * 1024);
+    // Held upstream (gated): its translated body stays in memory.
+    const res = await fetch(`${p.url}/v1/chat/completions`, {
+      method: 'POST', headers: { 'content-type': 'application/json' },
+      body: JSON.stringify(chatBody(`${big} @gate`, { stream: true, think: false })),
+    });
+    const held = sseReader(res);
+    await held.next();
+    const second = await postJson(`${p.url}/v1/chat/completions`, chatBody(`${big}${big}`));
+    assertOpenAIError(second, 503, { code: 'overloaded' });
+    assert.equal(second.headers.get('retry-after'), '1');
+    assert.ok(rejected(await metrics(p), 'body_budget') >= 1);
+    // Once the first is gone its memory is free again.
+    for (;;) {
+      await double.release();
+      if (dataOf(await held.next()) === '[DONE]') break;
+    }
+    const third = await postJson(`${p.url}/v1/chat/completions`, chatBody(big));
+    assert.equal(third.status, 200, third.text);
+  } finally {
+    await p.stop();
+  }
+});
+
+test('memory budget: many tiny messages are translated one by one (fit), a value whose parsed form would not fit is refused unparsed', async () => {
+  const p = await startProxy({ LLM_PROXY_MAX_BODY_MEMORY: '8MiB' }, { upstream: double });
+  try {
+    // 120,000 messages, 3.7 MB: parsed whole this would take ~60 MB.
+    const messages = Array.from({ length: 120000 }, () => ({ role: 'user', content: 'x' }));
+    messages.push({ role: 'user', content: 'last' });
+    const ok = await postJson(`${p.url}/v1/chat/completions`, JSON.stringify({ model: 'qwen3:8b', messages }));
+    assert.equal(ok.status, 200, ok.text);
+    assert.equal(ok.json.choices[0].message.content, 'Echo: last');
+    // One member that is a huge tree of tiny values: refused before parsing.
+    const tools = Array.from({ length: 150000 }, () => ({}));
+    const res = await postJson(`${p.url}/v1/chat/completions`, JSON.stringify({ model: 'qwen3:8b', tools, messages: [{ role: 'user', content: 'x' }] }));
+    assertOpenAIError(res, 503, { code: 'overloaded' });
+    assert.equal(res.headers.get('retry-after'), '1');
+    // Embeddings (parsed whole) are admitted the same way.
+    const emb = await postJson(`${p.url}/v1/embeddings`, JSON.stringify({ model: 'bge-m3', input: 'x', options: tools }));
+    assertOpenAIError(emb, 503, { code: 'overloaded' });
+    // A normal request right after is fine.
+    assert.equal((await postJson(`${p.url}/v1/chat/completions`, chatBody('small'))).status, 200);
+    const m = await metrics(p);
+    assert.match(m, /^llm_proxy_body_memory_bytes \d+/m);
+    assert.ok(rejected(m, 'body_budget') >= 2);
+  } finally {
+    await p.stop();
+  }
+});
+
+test('memory budget: bodies count while they arrive; an upload over the budget is paused, its bytes released when it goes', async () => {
+  const p = await startProxy({ LLM_PROXY_MAX_BODY_MEMORY: '1MiB', MAX_BODY_BYTES: '8MiB' }, { upstream: double });
+  const net = await import('node:net');
+  const bodyMemory = async () => Number((await metrics(p)).match(/^llm_proxy_body_memory_bytes (\d+)/m)[1]);
+  try {
+    // A slow upload of 4 MB that never finishes, far beyond the budget.
+    const a = net.connect(p.port, '127.0.0.1');
+    a.on('error', () => {});
+    await new Promise((r) => a.once('connect', r));
+    a.write('POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 4500000\r\n\r\n');
+    a.write(Buffer.alloc(4 * 1024 * 1024, 0x20));
+    // Counted from its first bytes (before, only dispatched bodies were)...
+    let seen;
+    while ((seen = await bodyMemory()) < 1024 * 1024);
+    // ...and read no further than the budget (plus what one read brings).
+    assert.ok(seen < 1024 * 1024 + 256 * 1024, `counted ${seen} bytes`);
+    assert.ok((await bodyMemory()) < 1024 * 1024 + 256 * 1024);
+    // Requests without a body are not held up.
+    assert.equal((await fetch(`${p.url}/health`)).status, 200);
+    // A request with a body meanwhile does not fit: 503 overloaded.
+    assertOpenAIError(await postJson(`${p.url}/v1/chat/completions`, chatBody('during the upload')), 503,
+      { code: 'overloaded' });
+    // Once the upload's connection is gone (reset: a FIN could not get past
+    // the unread data) its bytes are released.
+    a.resetAndDestroy();
+    while ((await bodyMemory()) > 512 * 1024);
+    const res = await postJson(`${p.url}/v1/chat/completions`, chatBody('after the upload'));
+    assert.equal(res.status, 200, res.text);
+  } finally {
+    await p.stop();
+  }
+});
+
+test('/ready never takes an upstream slot: answered while the only slot is busy and the queue is 0', async () => {
+  const p = await startProxy({ LLM_PROXY_MAX_UPSTREAM: '1', LLM_PROXY_QUEUE_SIZE: '0' }, { upstream: double });
+  try {
+    const held = sseReader(await fetch(`${p.url}/v1/chat/completions`, {
+      method: 'POST', headers: { 'content-type': 'application/json' },
+      body: JSON.stringify(chatBody('hold @gate', { stream: true, think: false })),
+    }));
+    await held.next();
+    const r = await fetch(`${p.url}/ready`);
+    assert.equal(r.status, 200, await r.text());
+    await held.cancel();
+  } finally {
+    await p.stop();
+  }
+});
+
+test('/ready is one cached probe: 300 concurrent /ready make one upstream call', async () => {
+  const p = await startProxy({ READY_CACHE_TTL: '60' }, { upstream: double });
+  try {
+    const before = (await double.stats()).requests['/api/version'] || 0;
+    const all = await Promise.all(Array.from({ length: 300 }, () => fetch(`${p.url}/ready`).then((r) => r.status)));
+    assert.deepEqual([...new Set(all)], [200]);
+    assert.equal((await double.stats()).requests['/api/version'], before + 1);
+  } finally {
+    await p.stop();
+  }
+});
+
+test('an unauthenticated flood of /health, /ready, /metrics causes no 429/503 for authenticated API calls', async () => {
+  const p = await startProxy({
+    LLM_PROXY_API_KEY: 'k', LLM_PROXY_MAX_UPSTREAM: '1', LLM_PROXY_QUEUE_SIZE: '0', READY_CACHE_TTL: '0',
+  }, { upstream: double });
+  try {
+    let stop = false;
+    const flood = async (path) => {
+      while (!stop) await (await fetch(`${p.url}${path}`)).arrayBuffer();
+    };
+    const flooders = [];
+    for (let i = 0; i < 12; i++) flooders.push(flood(['/ready', '/health', '/metrics'][i % 3]));
+    const statuses = [];
+    for (let i = 0; i < 30; i++) {
+      const res = await postJson(`${p.url}/v1/chat/completions`, chatBody(`c${i}`), { authorization: 'Bearer k' });
+      statuses.push(res.status);
+    }
+    stop = true;
+    await Promise.all(flooders);
+    assert.deepEqual([...new Set(statuses)], [200]);
+  } finally {
+    await p.stop();
+  }
+});
+
+test('operator policy: options keys, num_ctx cap, keep_alive clamp; refusals counted', async () => {
+  const p = await startProxy({ LLM_PROXY_MAX_NUM_CTX: '16384', LLM_PROXY_KEEP_ALIVE_MAX: '10m', LLM_PROXY_API_KEY: 'k' },
+    { upstream: double });
+  const auth = { authorization: 'Bearer k' };
+  try {
+    const gpu = await postJson(`${p.url}/v1/chat/completions`, chatBody('x', { options: { num_gpu: 99 } }), auth);
+    assertOpenAIError(gpu, 400, { code: 'invalid_value', param: 'options.num_gpu' });
+    const ctx = await postJson(`${p.url}/v1/chat/completions`, chatBody('x', { options: { num_ctx: 10000000 } }), auth);
+    assertOpenAIError(ctx, 400, { code: 'invalid_value', param: 'options.num_ctx' });
+    const emb = await postJson(`${p.url}/v1/embeddings`, { model: 'bge-m3', input: 'x', options: { use_mmap: false } }, auth);
+    assertOpenAIError(emb, 400, { param: 'options.use_mmap' });
+    const ok = await postJson(`${p.url}/v1/chat/completions`,
+      chatBody('policy ok', { options: { num_ctx: 16384, top_k: 20 }, keep_alive: -1 }), auth);
+    assert.equal(ok.status, 200, ok.text);
+    const sent = (await double.last('/api/chat')).body;
+    assert.equal(sent.options.num_ctx, 16384);
+    assert.equal(sent.keep_alive, 600);
+    // Every refusal is counted by reason.
+    assertOpenAIError(await postJson(`${p.url}/v1/chat/completions`, chatBody('x')), 401);
+    const foreign = await postJson(`${p.url}/v1/chat/completions`, chatBody('x'), { ...auth, origin: 'https://evil.example' });
+    assertOpenAIError(foreign, 403, { code: 'origin_not_allowed' });
+    const m = await metrics(p);
+    assert.equal(rejected(m, 'limits'), 3);
+    assert.equal(rejected(m, 'auth'), 1);
+    assert.equal(rejected(m, 'origin'), 1);
+  } finally {
+    await p.stop();
+  }
+});
+
+test('upstream embeddings outside float range are a 502 upstream_error, not undefined behaviour', async () => {
+  const p = await startProxy({}, { upstream: double });
+  try {
+    const res = await postJson(`${p.url}/v1/embeddings`, { model: 'bge-m3', input: ['@float-overflow', 'b'] });
+    assertOpenAIError(res, 502, { code: 'upstream_error' });
+  } finally {
+    await p.stop();
+  }
+});
