@@ -296,6 +296,10 @@ int message_array_parse(const char *json, size_t len, struct message **msgs, siz
     *msgs = NULL;
     *n = 0;
     json_t *arr = json_loadb(json, len, JSON_REJECT_DUPLICATES, NULL);
+    /* PostgreSQL writes jsonb numbers out in full (1e300 as 301 digits),
+     * which jansson reads only as reals. */
+    if (!arr)
+        arr = json_loadb(json, len, JSON_REJECT_DUPLICATES | JSON_DECODE_INT_AS_REAL, NULL);
     if (!json_is_array(arr)) {
         json_decref(arr);
         snprintf(err, errlen, "stored messages are not a JSON array");

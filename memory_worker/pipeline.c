@@ -469,6 +469,7 @@ static int claim_user(struct pipeline *p, struct pipeline_conn *c, const struct 
                 nchunks, created, nd, skipped);
         counts->messages_claimed += (long long)nm;
         counts->chunks_created += created;
+        counts->duplicates_skipped += (long long)skipped;
         counts->dead_messages += (long long)nd;
         wm_messages_claimed((long long)nm);
         wm_dead_messages((long long)nd);

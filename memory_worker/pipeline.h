@@ -56,6 +56,7 @@ struct pass_counts {
     long long chunks_dead;
     long long chunks_released;
     long long user_failures;
+    long long duplicates_skipped; /* message_id already stored */
 };
 
 struct pipeline {

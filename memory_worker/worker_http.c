@@ -199,12 +199,13 @@ static void *job_main(void *arg)
         int rc = pipeline_run_once(p, &c, err, sizeof err);
         j->status = rc == 0 ? 200 : 503;
         j->result = json_pack(
-            "{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "messages_claimed",
+            "{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "messages_claimed",
             (json_int_t)c.messages_claimed, "chunks_created", (json_int_t)c.chunks_created,
             "dead_messages", (json_int_t)c.dead_messages, "chunks_done", (json_int_t)c.chunks_done,
             "chunks_retried", (json_int_t)c.chunks_retried, "chunks_dead",
             (json_int_t)c.chunks_dead, "chunks_released", (json_int_t)c.chunks_released,
-            "user_failures", (json_int_t)c.user_failures);
+            "user_failures", (json_int_t)c.user_failures, "duplicates_skipped",
+            (json_int_t)c.duplicates_skipped);
         if (rc != 0)
             json_object_set_new(j->result, "error", json_string(err));
     }
