@@ -234,27 +234,14 @@ enum llm_result llm_summarize(struct llm_client *lc, const char *request_id,
     return LLM_OK;
 }
 
-enum llm_result llm_embed(struct llm_client *lc, const char *request_id, const char *const *texts,
-                          size_t n, float **vectors, double *seconds, char *err, size_t errlen)
+enum llm_result llm_embeddings_parse(const json_t *reply, size_t n, size_t dim, const char *model,
+                                     float **vectors, char *err, size_t errlen)
 {
     *vectors = NULL;
-    const struct worker_config *cfg = lc->cfg;
-    json_t *input = json_array();
-    for (size_t i = 0; i < n; i++)
-        json_array_append_new(input, json_string(texts[i]));
-    json_t *req = json_pack("{s:s, s:o, s:s}", "model", cfg->embedding_model, "input", input,
-                            "encoding_format", "float");
-    json_t *reply;
-    enum llm_result res = post(lc, "/v1/embeddings", request_id, req, &reply, seconds, err, errlen);
-    json_decref(req);
-    if (res != LLM_OK)
-        return res;
     json_t *data = json_object_get(reply, "data");
-    size_t dim = (size_t)cfg->embedding_dim;
     if (json_array_size(data) != n) {
         snprintf(err, errlen, "/v1/embeddings: %zu vectors for %zu inputs", json_array_size(data),
                  n);
-        json_decref(reply);
         return LLM_TRANSIENT;
     }
     float *out = cm_xmalloc(n * dim * sizeof(float));
@@ -278,7 +265,7 @@ enum llm_result llm_embed(struct llm_client *lc, const char *request_id, const c
         if (json_array_size(vec) != dim) {
             snprintf(err, errlen,
                      "/v1/embeddings: model %s returned %zu dimensions, EMBEDDING_DIM is %zu",
-                     cfg->embedding_model, json_array_size(vec), dim);
+                     model, json_array_size(vec), dim);
             bad = LLM_CONFIG;
             break;
         }
@@ -299,10 +286,29 @@ enum llm_result llm_embed(struct llm_client *lc, const char *request_id, const c
     free(seen);
     if (bad != LLM_OK) {
         free(out);
-        json_decref(reply);
         return bad;
     }
-    json_decref(reply);
     *vectors = out;
     return LLM_OK;
+}
+
+enum llm_result llm_embed(struct llm_client *lc, const char *request_id, const char *const *texts,
+                          size_t n, float **vectors, double *seconds, char *err, size_t errlen)
+{
+    *vectors = NULL;
+    const struct worker_config *cfg = lc->cfg;
+    json_t *input = json_array();
+    for (size_t i = 0; i < n; i++)
+        json_array_append_new(input, json_string(texts[i]));
+    json_t *req = json_pack("{s:s, s:o, s:s}", "model", cfg->embedding_model, "input", input,
+                            "encoding_format", "float");
+    json_t *reply;
+    enum llm_result res = post(lc, "/v1/embeddings", request_id, req, &reply, seconds, err, errlen);
+    json_decref(req);
+    if (res != LLM_OK)
+        return res;
+    res = llm_embeddings_parse(reply, n, (size_t)cfg->embedding_dim, cfg->embedding_model, vectors,
+                               err, errlen);
+    json_decref(reply);
+    return res;
 }

@@ -24,6 +24,7 @@
 #include "message.h"
 #include "worker_config.h"
 
+#include <jansson.h>
 #include <stddef.h>
 
 enum llm_result { LLM_OK = 0, LLM_OUTAGE, LLM_SERVER_ERROR, LLM_TRANSIENT, LLM_CONFIG };
@@ -47,6 +48,12 @@ char *llm_transcript(const struct message *msgs, size_t n);
  * reply must hold each index 0..n-1 exactly once, with finite numbers. */
 enum llm_result llm_embed(struct llm_client *lc, const char *request_id, const char *const *texts,
                           size_t n, float **vectors, double *seconds, char *err, size_t errlen);
+
+/* Validates an embeddings reply: n vectors of dim finite numbers, each
+ * index 0..n-1 exactly once (absent index = position). LLM_OK with
+ * *vectors (caller frees), LLM_CONFIG for another size, else LLM_TRANSIENT. */
+enum llm_result llm_embeddings_parse(const json_t *reply, size_t n, size_t dim, const char *model,
+                                     float **vectors, char *err, size_t errlen);
 
 /* num_ctx for a prompt of chars characters: estimated tokens plus room for
  * the answer, rounded up to a power of two, clamped to [min, max]. */
