@@ -432,7 +432,7 @@ static int claim_user(struct pipeline *p, struct pipeline_conn *c, const struct 
     struct chunk *chunks = chunker_split(msgs, nm, (size_t)cfg->chunk_max_messages,
                                          (size_t)cfg->chunk_max_chars, u->id, cl.id, &nchunks);
     long long created = 0;
-    size_t skipped = 0;
+    size_t skipped = 0, stored = nm, kept_dead = nd;
     r = redis_claim_renew(c->rc, u, &cl, cfg->lease_timeout);
     if (r != 0) {
         rc = redis_user_error(counts, c, esc, "renew claim", r);
@@ -451,8 +451,8 @@ static int claim_user(struct pipeline *p, struct pipeline_conn *c, const struct 
         free(all);
         user_failure(counts, esc, "postgres_rejected", why);
         if (st == STORE_OK) {
-            nd = n;
-            nm = 0;
+            stored = 0;
+            kept_dead = n;
         }
     }
     if (st == STORE_OK) {
@@ -466,13 +466,13 @@ static int claim_user(struct pipeline *p, struct pipeline_conn *c, const struct 
                 "user=%s claim=%s %s messages=%zu chunks=%zu new_chunks=%lld dead_messages=%zu "
                 "duplicates_skipped=%zu",
                 esc, cl.id, cl.status == CLAIM_RESUMED ? "resumed=true" : "resumed=false", n,
-                nchunks, created, nd, skipped);
-        counts->messages_claimed += (long long)nm;
+                nchunks, created, kept_dead, skipped);
+        counts->messages_claimed += (long long)stored;
         counts->chunks_created += created;
         counts->duplicates_skipped += (long long)skipped;
-        counts->dead_messages += (long long)nd;
-        wm_messages_claimed((long long)nm);
-        wm_dead_messages((long long)nd);
+        counts->dead_messages += (long long)kept_dead;
+        wm_messages_claimed((long long)stored);
+        wm_dead_messages((long long)kept_dead);
         wm_chunks("created", created);
     } else if (st == STORE_REJECTED) {
         user_failure(counts, esc, "postgres_rejected",
@@ -603,6 +603,8 @@ static long long process_batch(struct pipeline *p, struct pipeline_conn *c,
     char err[600];
     if (conn_pg(p, c, err, sizeof err) != 0) {
         CM_WARN(NULL, "process_skipped", "%s", err);
+        if (probe)
+            breaker_probe_done(p);
         return -1;
     }
     if (!c->llm)
@@ -616,6 +618,8 @@ static long long process_batch(struct pipeline *p, struct pipeline_conn *c,
     if (store_lease(c->st, owner, cfg->lease_timeout, probe ? 1 : (int)cfg->embed_batch, &chunks,
                     &n) != 0) {
         conn_drop(c);
+        if (probe)
+            breaker_probe_done(p);
         return -1;
     }
     char **summaries = cm_xcalloc(n ? n : 1, sizeof(char *));

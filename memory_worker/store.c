@@ -204,7 +204,10 @@ static void rollback(struct store *st)
 
 int store_migrate(struct store *st, char *err, size_t errlen)
 {
-    if (exec_ok(st, "advisory lock", "SELECT pg_advisory_lock(727274)", 0, NULL) != 0 ||
+    /* Waiting for another replica's migration, or a backfill, may take
+     * longer than STORE_STATEMENT_TIMEOUT_MS: no limit here. */
+    if (exec_ok(st, "no statement timeout", "SET statement_timeout = 0", 0, NULL) != 0 ||
+        exec_ok(st, "advisory lock", "SELECT pg_advisory_lock(727274)", 0, NULL) != 0 ||
         exec_ok(st, "migrations table",
                 "CREATE TABLE IF NOT EXISTS schema_migrations (version integer PRIMARY KEY, "
                 "applied_at timestamptz NOT NULL DEFAULT now())",
@@ -244,6 +247,12 @@ int store_migrate(struct store *st, char *err, size_t errlen)
         rc = -1;
     }
     exec_ok(st, "advisory unlock", "SELECT pg_advisory_unlock(727274)", 0, NULL);
+    char sql[64];
+    snprintf(sql, sizeof sql, "SET statement_timeout = %d", STORE_STATEMENT_TIMEOUT_MS);
+    if (exec_ok(st, "statement timeout", sql, 0, NULL) != 0 && rc == 0) {
+        snprintf(err, errlen, "postgres: cannot restore statement_timeout");
+        rc = -1;
+    }
     return rc;
 }
 
