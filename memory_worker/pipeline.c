@@ -625,6 +625,8 @@ static long long process_batch(struct pipeline *p, struct pipeline_conn *c,
     char **summaries = cm_xcalloc(n ? n : 1, sizeof(char *));
     size_t *ok_idx = cm_xcalloc(n ? n : 1, sizeof(size_t));
     long long *ids = cm_xcalloc(n ? n : 1, sizeof(long long));
+    for (size_t i = 0; i < n; i++)
+        ids[i] = chunks[i].id;
     size_t nok = 0;
     int halted = 0; /* outage or stop: release the rest */
     for (size_t i = 0; i < n; i++) {
@@ -643,10 +645,10 @@ static long long process_batch(struct pipeline *p, struct pipeline_conn *c,
             wm_chunks("dead", 1);
             continue;
         }
-        /* Work continues: keep the leases of this and the later chunks. */
-        for (size_t k = i; k < n; k++)
-            ids[k - i] = chunks[k].id;
-        store_renew(c->st, owner, cfg->lease_timeout, ids, n - i);
+        /* Work continues: keep the leases of the whole batch (chunks
+         * summarised earlier wait for the batch's embeddings call; chunks
+         * given back are no longer ours and are left alone). */
+        store_renew(c->st, owner, cfg->lease_timeout, ids, n);
         char rid[96];
         snprintf(rid, sizeof rid, "mw-%lld-%d-s", ch->id, ch->attempts + 1);
         double secs = 0;
@@ -668,6 +670,7 @@ static long long process_batch(struct pipeline *p, struct pipeline_conn *c,
         const char **texts = cm_xcalloc(nok, sizeof(char *));
         for (size_t k = 0; k < nok; k++)
             texts[k] = summaries[ok_idx[k]];
+        store_renew(c->st, owner, cfg->lease_timeout, ids, n);
         char rid[96];
         snprintf(rid, sizeof rid, "mw-%lld-e", chunks[ok_idx[0]].id);
         float *vecs = NULL;

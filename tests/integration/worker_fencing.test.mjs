@@ -130,6 +130,33 @@ test('(b) a stalled worker cannot delete a claim another worker took: no loss', 
   for (const w of [a, b, c]) await w.stop();
 });
 
+test('chunk leases are renewed while a batch is worked on: a peer never takes a chunk still in progress', async () => {
+  // A batch of 5 chunks at 500 ms per summary outlasts LEASE_TIMEOUT=2;
+  // a second worker passes again and again meanwhile. Without renewal it
+  // leases the last chunks once the batch's lease lapses and they are
+  // summarised twice.
+  const d = await startDouble();
+  const port = await freePort();
+  const px = await startProxy({ LLM_PROXY_PORT: String(port) }, { upstream: d });
+  const user = 'renew_batch';
+  const msgs = [];
+  for (let i = 0; i < 5; i++) msgs.push(JSON.stringify({ role: 'user', content: `slow ${i} @slow=500`, room_id: `r${i}` }));
+  svc.redis('RPUSH', `user:${user}:messages`, ...msgs);
+  const e = { LLM_PROXY_URL: `http://127.0.0.1:${port}`, EMBED_BATCH: '5', LEASE_TIMEOUT: '2' };
+  const a = await startWorker(env(e));
+  const b = await startWorker(env(e));
+  let done = false;
+  const aPass = a.pass().then((r) => { done = true; return r; });
+  while (!done) {
+    await b.pass();
+    await tick();
+  }
+  await aPass;
+  assert.equal(svc.sql(`SELECT count(*) FROM memory_chunks WHERE user_id = '${user}' AND state = 'done'`), '5');
+  assert.equal((await d.stats()).requests['/api/chat'], 5, 'each chunk summarised once');
+  for (const w of [a, b, px, d]) await w.stop();
+});
+
 test('leases are renewed while work continues: a long pass keeps its claim', async () => {
   const user = 'fence_renew';
   push(user, 'long', 3);
