@@ -132,6 +132,9 @@ const char *cm_req_path(const struct cm_req *r);
 /* Remainder after a CM_ROUTE_PREFIX path, URL-decoded ("" when none). */
 const char *cm_req_path_tail(const struct cm_req *r);
 const char *cm_req_header(const struct cm_req *r, const char *name);
+/* 1 when the client connected from a loopback address (127.0.0.0/8, ::1,
+ * or ::ffff:127.0.0.0/104). */
+int cm_req_peer_is_loopback(const struct cm_req *r);
 /* Value of a query parameter (decoded) or NULL. */
 const char *cm_req_query(const struct cm_req *r, const char *name);
 /* Borrowed request body. */

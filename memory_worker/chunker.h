@@ -37,4 +37,16 @@ struct chunk *chunker_split(struct message *msgs, size_t n, size_t max_messages,
                             const char *user_id, const char *claim_id, size_t *nchunks);
 void chunker_free(struct chunk *chunks);
 
+/*
+ * The chunks still to store once PostgreSQL has said what it holds: chunks
+ * with exists[c] set are left out (already stored: a re-persisted claim),
+ * and so are messages with drop[k] set (k counts every chunk's messages in
+ * order; their message_id is already stored). A chunk keeps its hash. The
+ * result's msgs point into *storage (shallow copies of the messages, which
+ * stay owned by the caller's array): free both with chunker_free and free().
+ */
+struct chunk *chunker_without(const struct chunk *chunks, size_t nchunks,
+                              const unsigned char *exists, const unsigned char *drop,
+                              struct message **storage, size_t *nout);
+
 #endif

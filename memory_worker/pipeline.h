@@ -5,7 +5,11 @@
  *   claim pass (one thread at a time per process; replicas coordinate via
  *   Redis leases): for each user with messages, claim atomically, parse,
  *   chunk, persist every chunk (pending) and dead element in one PostgreSQL
- *   transaction, and only then delete the Redis claim.
+ *   transaction, and only then delete the Redis claim (fenced: see
+ *   redis_claim.h). A failure that belongs to one user (its key name, the
+ *   type of its keys, data PostgreSQL refuses) is logged with the escaped
+ *   user id, counted in memory_worker_user_failures_total{reason} and
+ *   skipped; only Redis or PostgreSQL failing stops the pass.
  *
  *   process: lease a batch of due chunks (SKIP LOCKED + expiry), summarise
  *   each, embed the summaries in one call, store memory + mark done in one
@@ -13,6 +17,18 @@
  *   outage -> lease released, no attempt spent, circuit breaker opens;
  *   transient -> attempt spent, exponential backoff with jitter, dead after
  *   MAX_ATTEMPTS; config -> /ready 503, lease released for RETRY_MAX.
+ *   Upstream 5xx spend an attempt until CIRCUIT_5XX_THRESHOLD of them come
+ *   in a row: then the breaker opens as for an outage and spends nothing.
+ *
+ * Circuit breaker (enum breaker_state, under pipeline.mu):
+ *   CLOSED    -- outage, or the N-th consecutive 5xx -->            OPEN
+ *   OPEN      -- cooldown over; one thread admitted as the probe --> HALF_OPEN
+ *   HALF_OPEN -- the probe's call answers -->                       CLOSED
+ *   HALF_OPEN -- the probe's call fails (outage or 5xx) -->         OPEN
+ *   HALF_OPEN -- the probe found nothing to do -->                  OPEN (no wait)
+ * The cooldown starts at RETRY_BASE and doubles per opening up to
+ * RETRY_MAX; it resets when the breaker closes. While not CLOSED no other
+ * thread calls llm_proxy, /ready is 503 with the reason.
  *
  * Nothing is ever deleted from Redis before it is committed to PostgreSQL,
  * and nothing in PostgreSQL is retried forever, so there is no loss and no
@@ -29,6 +45,8 @@
 
 #include <pthread.h>
 
+enum breaker_state { BREAKER_CLOSED = 0, BREAKER_OPEN, BREAKER_HALF_OPEN };
+
 struct pass_counts {
     long long messages_claimed;
     long long chunks_created;
@@ -37,6 +55,8 @@ struct pass_counts {
     long long chunks_retried;
     long long chunks_dead;
     long long chunks_released;
+    long long user_failures;
+    long long duplicates_skipped; /* message_id already stored */
 };
 
 struct pipeline {
@@ -45,9 +65,12 @@ struct pipeline {
     pthread_cond_t cond;
     int stopping;
     unsigned wake_seq;
-    double breaker_until;    /* monotonic seconds; 0 = closed */
+    enum breaker_state breaker;
+    double breaker_until;    /* OPEN: monotonic seconds when probing may start */
     double breaker_cooldown; /* next opening lasts this long */
-    char config_error[512];  /* "" when none */
+    long long consecutive_5xx;
+    char breaker_reason[300];
+    char config_error[512]; /* "" when none */
     pthread_mutex_t claim_mu;
 };
 
@@ -59,7 +82,8 @@ void pipeline_stop(struct pipeline *p);
 void pipeline_wake(struct pipeline *p);
 /* Copies the current configuration error ("" when none). */
 void pipeline_config_error(struct pipeline *p, char *out, size_t len);
-int pipeline_breaker_open(struct pipeline *p);
+/* 1 unless the breaker is CLOSED; reason (may be NULL) receives why. */
+int pipeline_breaker_open(struct pipeline *p, char *reason, size_t len);
 
 /* Thread entry (arg = struct pipeline *). */
 void *pipeline_thread_main(void *arg);

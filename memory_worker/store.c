@@ -2,6 +2,7 @@
 #include "store.h"
 
 #include "cm_alloc.h"
+#include "cm_json.h"
 #include "cm_log.h"
 
 #include <libpq-fe.h>
@@ -11,6 +12,7 @@
 
 struct store {
     PGconn *conn;
+    char last_error[300];
 };
 
 static const char *const MIGRATIONS[] = {
@@ -59,6 +61,17 @@ static const char *const MIGRATIONS[] = {
     "  error text NOT NULL,"
     "  created_at timestamptz NOT NULL DEFAULT now(),"
     "  UNIQUE (user_id, claim_id, position));",
+    /* 2: message ids, the idempotency key across claims (backfilled) */
+    "CREATE TABLE message_ids ("
+    "  user_id text NOT NULL,"
+    "  message_id text NOT NULL,"
+    "  chunk_hash text NOT NULL,"
+    "  created_at timestamptz NOT NULL DEFAULT now(),"
+    "  PRIMARY KEY (user_id, message_id));"
+    "INSERT INTO message_ids (user_id, message_id, chunk_hash) "
+    "SELECT c.user_id, m->>'message_id', c.chunk_hash FROM memory_chunks c, "
+    "jsonb_array_elements(c.messages) m WHERE jsonb_typeof(m->'message_id') IN ('string', "
+    "'number') ON CONFLICT DO NOTHING;",
 };
 
 static void notice_cb(void *arg, const char *message)
@@ -69,7 +82,17 @@ static void notice_cb(void *arg, const char *message)
 
 struct store *store_connect(const char *conninfo, char *err, size_t errlen)
 {
-    PGconn *c = PQconnectdb(conninfo);
+    /* conninfo (a URL or key=value string) is expanded first; the later
+     * keywords add TCP keepalives, so a dead peer is noticed. */
+    static const char *const keys[] = {"dbname",
+                                       "keepalives",
+                                       "keepalives_idle",
+                                       "keepalives_interval",
+                                       "keepalives_count",
+                                       "tcp_user_timeout",
+                                       NULL};
+    const char *values[] = {conninfo, "1", "30", "10", "3", "60000", NULL};
+    PGconn *c = PQconnectdbParams(keys, values, 1);
     if (PQstatus(c) != CONNECTION_OK) {
         snprintf(err, errlen, "postgres: %s", PQerrorMessage(c));
         size_t l = strlen(err);
@@ -79,9 +102,26 @@ struct store *store_connect(const char *conninfo, char *err, size_t errlen)
         return NULL;
     }
     PQsetNoticeProcessor(c, notice_cb, NULL);
+    char sql[200];
+    snprintf(sql, sizeof sql,
+             "SET statement_timeout = %d; SET idle_in_transaction_session_timeout = %d",
+             STORE_STATEMENT_TIMEOUT_MS, STORE_STATEMENT_TIMEOUT_MS);
+    PGresult *r = PQexec(c, sql);
+    int ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+    PQclear(r);
+    if (!ok) {
+        snprintf(err, errlen, "postgres: cannot set timeouts: %s", PQerrorMessage(c));
+        PQfinish(c);
+        return NULL;
+    }
     struct store *st = cm_xcalloc(1, sizeof *st);
     st->conn = c;
     return st;
+}
+
+const char *store_last_error(const struct store *st)
+{
+    return st->last_error;
 }
 
 void store_free(struct store *st)
@@ -94,33 +134,56 @@ void store_free(struct store *st)
 
 int store_check(struct store *st)
 {
-    if (PQstatus(st->conn) != CONNECTION_OK) {
-        PQreset(st->conn);
-        if (PQstatus(st->conn) != CONNECTION_OK)
-            return -1;
-    }
+    /* No PQreset: a new connection must set its timeouts again, so the
+     * caller reconnects with store_connect(). */
+    if (PQstatus(st->conn) != CONNECTION_OK)
+        return -1;
     PGresult *r = PQexec(st->conn, "SELECT 1");
     int ok = PQresultStatus(r) == PGRES_TUPLES_OK;
     PQclear(r);
-    if (!ok) {
-        PQreset(st->conn);
-        return PQstatus(st->conn) == CONNECTION_OK ? 0 : -1;
-    }
-    return 0;
+    return ok ? 0 : -1;
 }
 
-/* Runs a statement; returns the result (caller PQclear) or NULL after logging. */
-static PGresult *exec(struct store *st, const char *what, const char *sql, int n,
-                      const char *const *params)
+/* Records the failure of r (or of the connection) and classifies it. */
+static int fail(struct store *st, const char *what, PGresult *r)
+{
+    const char *msg = r ? PQresultErrorMessage(r) : PQerrorMessage(st->conn);
+    snprintf(st->last_error, sizeof st->last_error, "%s: %s", what, msg && *msg ? msg : "failed");
+    size_t l = strlen(st->last_error);
+    while (l && (st->last_error[l - 1] == '\n' || st->last_error[l - 1] == ' '))
+        st->last_error[--l] = '\0';
+    CM_WARN(NULL, "postgres_error", "%s", st->last_error);
+    if (PQstatus(st->conn) != CONNECTION_OK)
+        return STORE_DOWN;
+    const char *state = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
+    /* The data was refused: data exception, integrity, limits, syntax. */
+    if (state && (strncmp(state, "22", 2) == 0 || strncmp(state, "23", 2) == 0 ||
+                  strncmp(state, "54", 2) == 0 || strncmp(state, "42", 2) == 0))
+        return STORE_REJECTED;
+    return STORE_DOWN;
+}
+
+/* Runs a statement; returns the result (caller PQclear) or NULL after
+ * recording the failure (*code, when given, receives its class). */
+static PGresult *exec_c(struct store *st, const char *what, const char *sql, int n,
+                        const char *const *params, int *code)
 {
     PGresult *r = PQexecParams(st->conn, sql, n, NULL, params, NULL, NULL, 0);
     ExecStatusType s = PQresultStatus(r);
     if (s != PGRES_COMMAND_OK && s != PGRES_TUPLES_OK) {
-        CM_WARN(NULL, "postgres_error", "%s: %s", what, PQresultErrorMessage(r));
+        int c = fail(st, what, r);
+        if (code)
+            *code = c;
         PQclear(r);
         return NULL;
     }
     return r;
+}
+
+static PGresult *exec(struct store *st, const char *what, const char *sql, int n,
+                      const char *const *params)
+{
+    return exec_c(st, what, sql, n, params, NULL);
 }
 
 static int exec_ok(struct store *st, const char *what, const char *sql, int n,
@@ -141,7 +204,10 @@ static void rollback(struct store *st)
 
 int store_migrate(struct store *st, char *err, size_t errlen)
 {
-    if (exec_ok(st, "advisory lock", "SELECT pg_advisory_lock(727274)", 0, NULL) != 0 ||
+    /* Waiting for another replica's migration, or a backfill, may take
+     * longer than STORE_STATEMENT_TIMEOUT_MS: no limit here. */
+    if (exec_ok(st, "no statement timeout", "SET statement_timeout = 0", 0, NULL) != 0 ||
+        exec_ok(st, "advisory lock", "SELECT pg_advisory_lock(727274)", 0, NULL) != 0 ||
         exec_ok(st, "migrations table",
                 "CREATE TABLE IF NOT EXISTS schema_migrations (version integer PRIMARY KEY, "
                 "applied_at timestamptz NOT NULL DEFAULT now())",
@@ -181,6 +247,12 @@ int store_migrate(struct store *st, char *err, size_t errlen)
         rc = -1;
     }
     exec_ok(st, "advisory unlock", "SELECT pg_advisory_unlock(727274)", 0, NULL);
+    char sql[64];
+    snprintf(sql, sizeof sql, "SET statement_timeout = %d", STORE_STATEMENT_TIMEOUT_MS);
+    if (exec_ok(st, "statement timeout", sql, 0, NULL) != 0 && rc == 0) {
+        snprintf(err, errlen, "postgres: cannot restore statement_timeout");
+        rc = -1;
+    }
     return rc;
 }
 
@@ -189,48 +261,120 @@ static char *ts_param(double ts)
     return ts < 0 ? NULL : cm_xasprintf("%.6f", ts);
 }
 
-int store_persist_claim(struct store *st, const char *user_id, const char *claim_id,
-                        const struct chunk *chunks, size_t nchunks, const struct dead_message *dead,
-                        size_t ndead, long long *new_chunks)
+int store_claim_begin(struct store *st, const char *user_id, const struct chunk *chunks,
+                      size_t nchunks, unsigned char *exists, unsigned char *drop)
 {
-    *new_chunks = 0;
+    int code = STORE_DOWN;
+    const char *p1[] = {user_id};
     if (exec_ok(st, "begin", "BEGIN", 0, NULL) != 0)
-        return -1;
+        return STORE_DOWN;
+    PGresult *r =
+        exec_c(st, "lock user", "SELECT pg_advisory_xact_lock(727275, hashtext($1))", 1, p1, &code);
+    if (!r)
+        goto fail;
+    PQclear(r);
+    json_t *hashes = json_array(), *ids = json_array();
+    size_t total = 0;
+    for (size_t c = 0; c < nchunks; c++) {
+        json_array_append_new(hashes, json_string(chunks[c].hash));
+        for (size_t k = 0; k < chunks[c].count; k++, total++) {
+            const char *mid = chunks[c].msgs[k].message_id;
+            json_array_append_new(ids, mid ? json_string(mid) : json_null());
+        }
+    }
+    char *hj = cm_json_dumps(hashes), *ij = cm_json_dumps(ids);
+    json_decref(hashes);
+    json_decref(ids);
+    const char *p2[] = {user_id, hj};
+    r = exec_c(st, "known chunks",
+               "SELECT h.i FROM jsonb_array_elements_text($2::jsonb) WITH ORDINALITY AS h(hash, i) "
+               "WHERE EXISTS (SELECT 1 FROM memory_chunks c WHERE c.user_id = $1 AND "
+               "c.chunk_hash = h.hash)",
+               2, p2, &code);
+    if (r) {
+        memset(exists, 0, nchunks);
+        for (int i = 0; i < PQntuples(r); i++) {
+            long long idx = atoll(PQgetvalue(r, i, 0)) - 1;
+            if (idx >= 0 && (size_t)idx < nchunks)
+                exists[idx] = 1;
+        }
+        PQclear(r);
+        const char *p3[] = {user_id, ij};
+        r = exec_c(
+            st, "known message ids",
+            "SELECT t.i FROM (SELECT mid, i, row_number() OVER (PARTITION BY mid ORDER BY i) "
+            "AS rn FROM jsonb_array_elements_text($2::jsonb) WITH ORDINALITY AS e(mid, i)) t "
+            "WHERE t.mid IS NOT NULL AND (t.rn > 1 OR EXISTS (SELECT 1 FROM message_ids m "
+            "WHERE m.user_id = $1 AND m.message_id = t.mid))",
+            2, p3, &code);
+    }
+    free(hj);
+    free(ij);
+    if (!r)
+        goto fail;
+    memset(drop, 0, total);
+    for (int i = 0; i < PQntuples(r); i++) {
+        long long idx = atoll(PQgetvalue(r, i, 0)) - 1;
+        if (idx >= 0 && (size_t)idx < total)
+            drop[idx] = 1;
+    }
+    PQclear(r);
+    return STORE_OK;
+fail:
+    rollback(st);
+    return code;
+}
+
+void store_claim_abort(struct store *st)
+{
+    rollback(st);
+}
+
+int store_claim_commit(struct store *st, const char *user_id, const char *claim_id,
+                       const struct chunk *chunks, size_t nchunks, const struct dead_message *dead,
+                       size_t ndead, long long *new_chunks)
+{
+    int code = STORE_DOWN;
+    *new_chunks = 0;
     for (size_t i = 0; i < nchunks; i++) {
         const struct chunk *c = &chunks[i];
-        size_t total = 3;
+        char *msgs = message_array_json(c->msgs, c->count);
+        json_t *ids = json_array();
         for (size_t k = 0; k < c->count; k++)
-            total += c->msgs[k].raw_len + 1;
-        char *msgs = cm_xmalloc(total);
-        size_t off = 0;
-        msgs[off++] = '[';
-        for (size_t k = 0; k < c->count; k++) {
-            if (k)
-                msgs[off++] = ',';
-            memcpy(msgs + off, c->msgs[k].raw, c->msgs[k].raw_len);
-            off += c->msgs[k].raw_len;
-        }
-        msgs[off++] = ']';
-        msgs[off] = '\0';
+            if (c->msgs[k].message_id)
+                json_array_append_new(ids, json_string(c->msgs[k].message_id));
+        char *idj = cm_json_dumps(ids);
+        json_decref(ids);
         char count[16];
         snprintf(count, sizeof count, "%zu", c->count);
         char *first = ts_param(c->first_ts), *last = ts_param(c->last_ts);
         const char *params[] = {user_id, c->room_id, c->hash, claim_id, msgs, count, first, last};
-        PGresult *r = exec(st, "insert chunk",
-                           "INSERT INTO memory_chunks (user_id, room_id, chunk_hash, claim_id, "
-                           "messages, message_count, first_message_at, last_message_at) VALUES "
-                           "($1, $2, $3, $4, $5::jsonb, $6, to_timestamp($7::float8), "
-                           "to_timestamp($8::float8)) ON CONFLICT (user_id, chunk_hash) DO NOTHING",
-                           8, params);
+        PGresult *r =
+            exec_c(st, "insert chunk",
+                   "INSERT INTO memory_chunks (user_id, room_id, chunk_hash, claim_id, "
+                   "messages, message_count, first_message_at, last_message_at) VALUES "
+                   "($1, $2, $3, $4, $5::jsonb, $6, to_timestamp($7::float8), "
+                   "to_timestamp($8::float8)) ON CONFLICT (user_id, chunk_hash) DO NOTHING",
+                   8, params, &code);
+        const char *idp[] = {user_id, idj, c->hash};
+        int ok = r != NULL;
+        if (r) {
+            *new_chunks += atoll(PQcmdTuples(r));
+            PQclear(r);
+            r = exec_c(st, "insert message ids",
+                       "INSERT INTO message_ids (user_id, message_id, chunk_hash) SELECT $1, mid, "
+                       "$3 FROM jsonb_array_elements_text($2::jsonb) AS t(mid) ON CONFLICT DO "
+                       "NOTHING",
+                       3, idp, &code);
+            ok = r != NULL;
+            PQclear(r);
+        }
         free(msgs);
+        free(idj);
         free(first);
         free(last);
-        if (!r) {
-            rollback(st);
-            return -1;
-        }
-        *new_chunks += atoll(PQcmdTuples(r));
-        PQclear(r);
+        if (!ok)
+            goto fail;
     }
     for (size_t i = 0; i < ndead; i++) {
         char pos[24];
@@ -244,18 +388,20 @@ int store_persist_claim(struct store *st, const char *user_id, const char *claim
             "$3, $4, $5) ON CONFLICT (user_id, claim_id, position) DO NOTHING",
             5, NULL, values, lengths, formats, 0);
         if (PQresultStatus(r) != PGRES_COMMAND_OK) {
-            CM_WARN(NULL, "postgres_error", "insert dead message: %s", PQresultErrorMessage(r));
+            code = fail(st, "insert dead message", r);
             PQclear(r);
-            rollback(st);
-            return -1;
+            goto fail;
         }
         PQclear(r);
     }
-    if (exec_ok(st, "commit", "COMMIT", 0, NULL) != 0) {
-        rollback(st);
-        return -1;
-    }
-    return 0;
+    PGresult *r = exec_c(st, "commit", "COMMIT", 0, NULL, &code);
+    if (!r)
+        goto fail;
+    PQclear(r);
+    return STORE_OK;
+fail:
+    rollback(st);
+    return code;
 }
 
 static char *dup_or_null(PGresult *r, int row, int col)
@@ -291,7 +437,10 @@ int store_lease(struct store *st, const char *owner, double lease_s, int max,
         c->user_id = dup_or_null(r, i, 1);
         c->room_id = dup_or_null(r, i, 2);
         c->hash = dup_or_null(r, i, 3);
-        c->messages = dup_or_null(r, i, 4);
+        char why[300];
+        if (message_array_parse(PQgetvalue(r, i, 4), (size_t)PQgetlength(r, i, 4), &c->msgs,
+                                &c->nmsgs, why, sizeof why) != 0)
+            c->parse_error = cm_xstrdup(why);
         c->message_count = atoi(PQgetvalue(r, i, 5));
         c->first_at = dup_or_null(r, i, 6);
         c->last_at = dup_or_null(r, i, 7);
@@ -308,11 +457,35 @@ void store_leased_free(struct leased_chunk *c, size_t n)
         free(c[i].user_id);
         free(c[i].room_id);
         free(c[i].hash);
-        free(c[i].messages);
+        message_array_free(c[i].msgs, c[i].nmsgs);
+        free(c[i].parse_error);
         free(c[i].first_at);
         free(c[i].last_at);
     }
     free(c);
+}
+
+int store_renew(struct store *st, const char *owner, double lease_s, const long long *ids, size_t n)
+{
+    if (n == 0)
+        return STORE_OK;
+    char *list = cm_xmalloc(n * 24 + 3);
+    size_t off = 0;
+    list[off++] = '{';
+    for (size_t i = 0; i < n; i++)
+        off += (size_t)snprintf(list + off, 24, "%s%lld", i ? "," : "", ids[i]);
+    list[off++] = '}';
+    list[off] = '\0';
+    char secs[32];
+    snprintf(secs, sizeof secs, "%.3f", lease_s);
+    const char *params[] = {list, owner, secs};
+    int rc = exec_ok(st, "renew leases",
+                     "UPDATE memory_chunks SET lease_expires_at = now() + make_interval(secs => "
+                     "$3::float8) WHERE id = ANY($1::bigint[]) AND state = 'pending' AND "
+                     "lease_owner = $2",
+                     3, params);
+    free(list);
+    return rc == 0 ? STORE_OK : STORE_DOWN;
 }
 
 int store_complete(struct store *st, const struct leased_chunk *c, const char *owner,

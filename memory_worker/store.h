@@ -10,6 +10,18 @@
  *   memories       summary + embedding real[] per chunk; unique (user_id,
  *                  chunk_hash); index (user_id, created_at)
  *   dead_messages  Redis elements that could not be parsed, kept verbatim
+ *   message_ids    (user_id, message_id) of every stored message that has a
+ *                  message_id: the idempotency key across claims (a Redis
+ *                  failover can bring a persisted claim back)
+ *
+ * Connections set statement_timeout and idle_in_transaction_session_timeout
+ * (STORE_STATEMENT_TIMEOUT) and TCP keepalives, so a hung server or network
+ * cannot hold a worker (and its leases) indefinitely.
+ *
+ * Errors: functions returning int answer STORE_OK (0), STORE_DOWN (the
+ * server or connection failed: stop and retry later) or STORE_REJECTED (the
+ * server refused this data: a per-user failure); store_last_error() has the
+ * text.
  *
  * Chunks are leased with FOR UPDATE SKIP LOCKED plus a lease expiry, so
  * several replicas share the work and a crashed worker's chunks come back.
@@ -25,11 +37,17 @@
 
 struct store;
 
+enum store_err { STORE_OK = 0, STORE_DOWN = -1, STORE_REJECTED = -2 };
+
+#define STORE_STATEMENT_TIMEOUT_MS 60000
+
 struct store *store_connect(const char *conninfo, char *err, size_t errlen);
 void store_free(struct store *st);
 /* 0 when the connection works (reconnecting once if it broke). */
 int store_check(struct store *st);
 int store_migrate(struct store *st, char *err, size_t errlen);
+/* Text of the last failure (borrowed, valid until the next call). */
+const char *store_last_error(const struct store *st);
 
 struct dead_message {
     size_t index;    /* position in the claim */
@@ -38,18 +56,34 @@ struct dead_message {
     const char *error; /* borrowed */
 };
 
-/* One transaction: every chunk (pending) and dead message of a claim.
- * Idempotent (ON CONFLICT DO NOTHING). *new_chunks: rows actually inserted. */
-int store_persist_claim(struct store *st, const char *user_id, const char *claim_id,
-                        const struct chunk *chunks, size_t nchunks, const struct dead_message *dead,
-                        size_t ndead, long long *new_chunks);
+/*
+ * Persisting a claim is one transaction:
+ *   store_claim_begin   BEGIN, lock the user (advisory, per transaction),
+ *                       then report chunks whose hash is already stored
+ *                       (exists[c]: a re-persisted claim) and messages to
+ *                       drop (drop[k], k over every chunk's messages in
+ *                       order: its message_id is already stored for this
+ *                       user, or repeats an earlier one of this batch);
+ *   store_claim_commit  insert the chunks (pending), their message ids and
+ *                       the dead messages, COMMIT; idempotent (ON CONFLICT
+ *                       DO NOTHING); *new_chunks: rows actually inserted;
+ *   store_claim_abort   ROLLBACK (after a failed begin or a change of mind).
+ */
+int store_claim_begin(struct store *st, const char *user_id, const struct chunk *chunks,
+                      size_t nchunks, unsigned char *exists, unsigned char *drop);
+int store_claim_commit(struct store *st, const char *user_id, const char *claim_id,
+                       const struct chunk *chunks, size_t nchunks, const struct dead_message *dead,
+                       size_t ndead, long long *new_chunks);
+void store_claim_abort(struct store *st);
 
 struct leased_chunk {
     long long id;
     char *user_id;
     char *room_id; /* NULL when none */
     char *hash;
-    char *messages; /* JSON array text of the raw elements */
+    struct message *msgs; /* parsed by message.c; NULL when parse_error */
+    size_t nmsgs;
+    char *parse_error; /* the stored messages could not be read back */
     int message_count;
     char *first_at, *last_at; /* timestamptz text or NULL */
     int attempts;
@@ -59,6 +93,9 @@ struct leased_chunk {
 int store_lease(struct store *st, const char *owner, double lease_s, int max,
                 struct leased_chunk **out, size_t *n);
 void store_leased_free(struct leased_chunk *c, size_t n);
+/* Extends the leases of ids[0..n) still held by owner. */
+int store_renew(struct store *st, const char *owner, double lease_s, const long long *ids,
+                size_t n);
 
 /* One transaction: insert the memory, mark the chunk done. */
 int store_complete(struct store *st, const struct leased_chunk *c, const char *owner,

@@ -168,6 +168,16 @@
              0,                                                                                    \
              &(c)->max_attempts,                                                                   \
              "Failed attempts before a chunk is dead"},                                            \
+            {"CIRCUIT_5XX_THRESHOLD",                                                              \
+             CM_CFG_INT,                                                                           \
+             "5",                                                                                  \
+             1,                                                                                    \
+             1000,                                                                                 \
+             NULL,                                                                                 \
+             0,                                                                                    \
+             &(c)->circuit_5xx_threshold,                                                          \
+             "Consecutive upstream 5xx that open the circuit breaker (an outage: no attempts "     \
+             "spent)"},                                                                            \
             {"LEASE_TIMEOUT",                                                                      \
              CM_CFG_SECONDS,                                                                       \
              "300",                                                                                \
@@ -197,6 +207,16 @@
              "Largest options.num_ctx sent with a summary request"},                               \
             {"MEMORY_WORKER_HOST",          CM_CFG_STRING, "0.0.0.0", 0, 0, NULL, 0, &(c)->host,   \
              "Address of the HTTP endpoint"},                                                      \
+            {"MEMORY_WORKER_API_KEY",                                                              \
+             CM_CFG_STRING,                                                                        \
+             NULL,                                                                                 \
+             0,                                                                                    \
+             0,                                                                                    \
+             NULL,                                                                                 \
+             1,                                                                                    \
+             &(c)->api_key,                                                                        \
+             "Bearer key for POST /v1/process and /v1/replay-dead (unset: loopback clients "       \
+             "only)"},                                                                             \
             {"MEMORY_WORKER_PORT",                                                                 \
              CM_CFG_INT,                                                                           \
              "8001",                                                                               \

@@ -32,9 +32,11 @@ struct worker_config {
     double retry_max;
     long long max_attempts;
     double lease_timeout;
+    long long circuit_5xx_threshold;
     long long num_ctx_min;
     long long num_ctx_max;
     char *host;
+    char *api_key;
     long long port;
     char *port_file;
     double shutdown_grace;

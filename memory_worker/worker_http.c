@@ -110,19 +110,22 @@ static void handle_ready(struct cm_req *r, void *arg)
     pthread_mutex_lock(&wh->mu);
     struct readiness rd = wh->ready;
     pthread_mutex_unlock(&wh->mu);
-    char cfg_err[512];
+    char cfg_err[512], breaker[300];
     pipeline_config_error(wh->p, cfg_err, sizeof cfg_err);
-    int ok = rd.checked && rd.redis_ok && rd.pg_ok && rd.llm_ok && !cfg_err[0];
+    int open = pipeline_breaker_open(wh->p, breaker, sizeof breaker);
+    int ok = rd.checked && rd.redis_ok && rd.pg_ok && rd.llm_ok && !cfg_err[0] && !open;
     wm_ready(ok);
-    json_t *body = json_pack("{s:s, s:b, s:b, s:b, s:b}", "status", ok ? "ready" : "not_ready",
-                             "redis", rd.redis_ok, "postgres", rd.pg_ok, "llm_proxy", rd.llm_ok,
-                             "circuit_open", pipeline_breaker_open(wh->p));
+    json_t *body =
+        json_pack("{s:s, s:b, s:b, s:b, s:b}", "status", ok ? "ready" : "not_ready", "redis",
+                  rd.redis_ok, "postgres", rd.pg_ok, "llm_proxy", rd.llm_ok, "circuit_open", open);
     if (cfg_err[0])
         json_object_set_new(body, "config_error", json_string(cfg_err));
     if (!rd.checked)
         json_object_set_new(body, "reason", json_string("starting"));
     else if (rd.reason[0])
         json_object_set_new(body, "reason", json_string(rd.reason));
+    else if (open)
+        json_object_set_new(body, "reason", json_string(breaker));
     cm_req_reply_json(r, ok ? 200 : 503, body);
 }
 
@@ -196,11 +199,13 @@ static void *job_main(void *arg)
         int rc = pipeline_run_once(p, &c, err, sizeof err);
         j->status = rc == 0 ? 200 : 503;
         j->result = json_pack(
-            "{s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "messages_claimed",
+            "{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "messages_claimed",
             (json_int_t)c.messages_claimed, "chunks_created", (json_int_t)c.chunks_created,
             "dead_messages", (json_int_t)c.dead_messages, "chunks_done", (json_int_t)c.chunks_done,
             "chunks_retried", (json_int_t)c.chunks_retried, "chunks_dead",
-            (json_int_t)c.chunks_dead, "chunks_released", (json_int_t)c.chunks_released);
+            (json_int_t)c.chunks_dead, "chunks_released", (json_int_t)c.chunks_released,
+            "user_failures", (json_int_t)c.user_failures, "duplicates_skipped",
+            (json_int_t)c.duplicates_skipped);
         if (rc != 0)
             json_object_set_new(j->result, "error", json_string(err));
     }
@@ -208,8 +213,27 @@ static void *job_main(void *arg)
     return NULL;
 }
 
+/* Without MEMORY_WORKER_API_KEY the mutating endpoints answer only to
+ * loopback clients (with a key, the server checks the Bearer key). */
+static int admin_allowed(struct worker_http *wh, struct cm_req *r)
+{
+    if (wh->cfg->api_key && *wh->cfg->api_key)
+        return 1;
+    if (cm_req_peer_is_loopback(r))
+        return 1;
+    CM_WARN(cm_req_id(r), "admin_refused",
+            "%s from a non-loopback client without MEMORY_WORKER_API_KEY set", cm_req_path(r));
+    cm_req_reply_error(r, 403, "permission_error",
+                       "This endpoint answers only loopback clients unless MEMORY_WORKER_API_KEY "
+                       "is set.",
+                       NULL, "forbidden");
+    return 0;
+}
+
 static void start_job(struct worker_http *wh, struct cm_req *r, int replay)
 {
+    if (!admin_allowed(wh, r))
+        return;
     if (wh->job_running >= 2) {
         cm_req_add_header(r, "Retry-After", "1");
         cm_req_reply_error(r, 429, "rate_limit_error", "A pass is already running.", NULL, "busy");
@@ -261,15 +285,18 @@ struct worker_http *worker_http_new(struct event_base *base, struct pipeline *p,
                                      .max_header_bytes = 64 * 1024,
                                      .idle_timeout_s = 60,
                                      .max_connections = 1024,
-                                     .request_read_timeout_s = 30};
+                                     .request_read_timeout_s = 30,
+                                     .api_key = cfg->api_key};
     wh->srv = cm_http_server_new(base, &so);
     cm_http_server_route(wh->srv, CM_GET, "/health", CM_ROUTE_DRAIN_OK, "health", handle_health,
                          wh);
     cm_http_server_route(wh->srv, CM_GET, "/ready", CM_ROUTE_DRAIN_OK, "ready", handle_ready, wh);
     cm_http_server_route(wh->srv, CM_GET, "/metrics", CM_ROUTE_DRAIN_OK, "metrics", handle_metrics,
                          wh);
-    cm_http_server_route(wh->srv, CM_POST, "/v1/process", 0, "process", handle_process, wh);
-    cm_http_server_route(wh->srv, CM_POST, "/v1/replay-dead", 0, "replay_dead", handle_replay, wh);
+    cm_http_server_route(wh->srv, CM_POST, "/v1/process", CM_ROUTE_AUTH, "process", handle_process,
+                         wh);
+    cm_http_server_route(wh->srv, CM_POST, "/v1/replay-dead", CM_ROUTE_AUTH, "replay_dead",
+                         handle_replay, wh);
     if (cm_http_server_start(wh->srv, err, errlen) != 0) {
         cm_http_server_free(wh->srv);
         free(wh);

@@ -7,7 +7,8 @@
 
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static struct cm_metrics *reg;
-static struct cm_metric *m_claimed, *m_dead_msgs, *m_chunks, *m_llm, *m_queue, *m_breaker, *m_ready;
+static struct cm_metric *m_claimed, *m_dead_msgs, *m_chunks, *m_llm, *m_queue, *m_breaker, *m_ready,
+    *m_user_failures;
 
 static const double latency_buckets[] = {0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120};
 
@@ -29,6 +30,9 @@ void wm_init(void)
                          "Work waiting: pending and dead chunks, messages in Redis.", "queue");
     m_breaker = cm_metrics_gauge(reg, "memory_worker_circuit_open",
                                  "1 while llm_proxy is considered down for everyone.", NULL);
+    m_user_failures = cm_metrics_counter(
+        reg, "memory_worker_user_failures_total",
+        "Failures that belong to one user (skipped; the pass goes on for the others).", "reason");
     m_ready = cm_metrics_gauge(reg, "memory_worker_ready", "1 when /ready answers 200.", NULL);
 }
 
@@ -79,6 +83,12 @@ void wm_queue(long long pending, long long dead, long long redis_backlog)
 void wm_breaker(int open)
 {
     LOCKED(cm_metric_set(m_breaker, NULL, open));
+}
+
+void wm_user_failure(const char *reason)
+{
+    const char *l[] = {reason};
+    LOCKED(cm_metric_add(m_user_failures, l, 1));
 }
 
 void wm_ready(int ready)

@@ -17,6 +17,9 @@ void wm_chunks(const char *result, long long n);
 void wm_llm_latency(const char *op, double seconds);
 void wm_queue(long long pending, long long dead, long long redis_backlog);
 void wm_breaker(int open);
+/* reason: invalid_user_id, wrong_type, redis_error, postgres_rejected,
+ * stored_messages */
+void wm_user_failure(const char *reason);
 void wm_ready(int ready);
 void wm_render(struct evbuffer *out);
 

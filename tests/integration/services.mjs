@@ -144,6 +144,28 @@ export function useServices(name) {
       return execFileSync('psql', ['-h', '127.0.0.1', '-p', String(s.pgPort), '-U', 'memory', '-d', db, '-qAt',
         '-F', '\t', '-v', 'ON_ERROR_STOP=1', '-c', query], { encoding: 'utf8' }).trim();
     },
+    // One command with binary-safe arguments (Buffers or strings) over RESP;
+    // resolves with the raw reply text. For keys and elements redis-cli
+    // cannot pass (invalid UTF-8, NUL bytes).
+    redisRaw(...args) {
+      return new Promise((resolve, reject) => {
+        const parts = [Buffer.from(`*2\r\n$6\r\nSELECT\r\n$${String(redisDb).length}\r\n${redisDb}\r\n*${args.length}\r\n`)];
+        for (const a of args) {
+          const b = Buffer.isBuffer(a) ? a : Buffer.from(String(a));
+          parts.push(Buffer.from(`$${b.length}\r\n`), b, Buffer.from('\r\n'));
+        }
+        const sock = net.connect(s.redisPort, '127.0.0.1');
+        let out = '';
+        sock.on('data', (d) => {
+          out += d.toString('latin1');
+          // +OK for SELECT, then one reply line for the command.
+          const lines = out.split('\r\n');
+          if (lines.length >= 3) { sock.end(); resolve(lines[1]); }
+        });
+        sock.on('error', reject);
+        sock.write(Buffer.concat(parts));
+      });
+    },
     redis(...args) {
       return execFileSync('redis-cli', ['-p', String(s.redisPort), '-n', String(redisDb), ...args.map(String)],
         { encoding: 'utf8' }).trim();

@@ -240,7 +240,8 @@ describe('process', () => {
     for (const v of ['LLM_PROXY_URL', 'SUMMARY_MODEL', 'EMBEDDING_MODEL', 'API_TIMEOUT', 'REDIS_URL',
       'POSTGRES_HOST', 'POSTGRES_PORT', 'POSTGRES_DB', 'POSTGRES_USER', 'POSTGRES_PASSWORD', 'DATABASE_URL',
       'POLL_INTERVAL', 'WORKER_CONCURRENCY', 'MEMORY_WORKER_PORT', 'CHUNK_MAX_MESSAGES', 'CHUNK_MAX_CHARS',
-      'RETRY_BASE', 'RETRY_MAX', 'MAX_ATTEMPTS', 'EMBEDDING_DIM', 'SUMMARY_PROMPT']) assert.match(h.stdout, new RegExp(v));
+      'RETRY_BASE', 'RETRY_MAX', 'MAX_ATTEMPTS', 'EMBEDDING_DIM', 'SUMMARY_PROMPT', 'CIRCUIT_5XX_THRESHOLD',
+      'MEMORY_WORKER_API_KEY', 'LEASE_TIMEOUT']) assert.match(h.stdout, new RegExp(v));
     for (const [k, v] of [['WORKER_CONCURRENCY', 'many'], ['REDIS_URL', 'http://x'], ['RETRY_BASE', '-1'], ['LLM_PROXY_URL', 'proxy:8000']]) {
       const r = spawnSync(bin, [], { encoding: 'utf8', env: { [k]: v } });
       assert.equal(r.status, 2, `${k}=${v}`);
