@@ -1,7 +1,9 @@
 /*
  * models_handler: GET /v1/models and /v1/models/{id} from GET /api/tags of
  * every healthy host (all hosts when none is), merged by model name: the
- * union, first host in OLLAMA_URL_INTERNAL order wins a duplicate. When no
+ * union, first host in OLLAMA_URL_INTERNAL order wins a duplicate; names
+ * that are not usable model names are dropped, at most UPSTREAM_MODELS_MAX
+ * entries per host are read. When no
  * host answers, the first host's failure is the reply (as with one host).
  */
 #include "models_translate.h"
@@ -84,8 +86,8 @@ static json_t *merge(const struct models_fan *f)
             if (k >= UPSTREAM_MODELS_MAX)
                 break;
             const char *name = entry_name(m);
-            if (!name)
-                continue;
+            if (!upstream_model_name_ok(name))
+                continue; /* hostile or broken entry */
             int dup = 0;
             size_t j;
             json_t *o;

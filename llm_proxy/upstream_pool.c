@@ -62,15 +62,22 @@ static void list_clear(struct model_list *l)
     l->n = 0;
 }
 
-/* "name" or "name:tag" -> "name:tag" in buf; 0 when the name is unusable. */
-static int normalise(const char *name, char *buf, size_t len)
+int upstream_model_name_ok(const char *name)
 {
-    size_t nl = strlen(name);
+    size_t nl = name ? strlen(name) : 0;
     if (nl == 0 || nl > UPSTREAM_MODEL_NAME_MAX)
         return 0;
     for (const char *c = name; *c; c++)
         if ((unsigned char)*c < 0x21 || *c == 0x7f)
             return 0;
+    return 1;
+}
+
+/* "name" or "name:tag" -> "name:tag" in buf; 0 when the name is unusable. */
+static int normalise(const char *name, char *buf, size_t len)
+{
+    if (!upstream_model_name_ok(name))
+        return 0;
     snprintf(buf, len, "%s%s", name, strchr(name, ':') ? "" : ":latest");
     return 1;
 }

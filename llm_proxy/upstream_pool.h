@@ -67,6 +67,10 @@ struct upstream_pool_opts {
 #define UPSTREAM_MODELS_MAX 2048
 #define UPSTREAM_MODEL_NAME_MAX 256
 
+/* 1 when an upstream's model name may be used: 1..256 bytes, no control
+ * characters or blanks. */
+int upstream_model_name_ok(const char *name);
+
 struct upstream_pool *upstream_pool_new(struct event_base *base, char *const *urls, size_t n,
                                         const struct upstream_pool_opts *o);
 /* Cancels every transfer of every host (no callbacks) and frees. */

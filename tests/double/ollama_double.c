@@ -32,7 +32,8 @@
  * Several hosts (issue 14): --models a,b installs only those models,
  * --loaded a,b lists those in GET /api/ps; POST /_double/fault?mode=hang
  * makes every /api/ request hang, mode=busy answers chat and embeddings
- * with Ollama's queue-full 503, mode=none restores.
+ * with Ollama's queue-full 503, mode=hostile sends malformed and oversized
+ * /api/tags and /api/ps replies, mode=none restores.
  */
 #include "cm_alloc.h"
 #include "cm_http_server.h"
@@ -95,7 +96,7 @@ static struct double_state D;
 
 /* ------------------------------------------------------------ several hosts */
 
-enum fault { FAULT_NONE, FAULT_HANG, FAULT_BUSY };
+enum fault { FAULT_NONE, FAULT_HANG, FAULT_BUSY, FAULT_HOSTILE };
 
 static struct {
     const char *installed; /* --models: comma list, NULL = all */
@@ -114,6 +115,33 @@ static int in_list(const char *list, const char *name)
         p = e ? e + 1 : NULL;
     }
     return 0;
+}
+
+/* mode=hostile: model lists no Ollama sends (bad types, control
+ * characters, overlong names, 5000 entries); 1 when answered. */
+static int mh_hostile_list(struct cm_req *r, int ps)
+{
+    if (MH.fault != FAULT_HOSTILE)
+        return 0;
+    if (ps) {
+        cm_req_reply_json(r, 200, json_pack("{s:s}", "models", "not a list"));
+        return 1;
+    }
+    json_t *list = json_array();
+    char longname[1024];
+    memset(longname, 'a', sizeof longname - 1);
+    longname[sizeof longname - 1] = '\0';
+    json_array_append_new(list, json_pack("{s:s}", "name", longname));
+    json_array_append_new(list, json_pack("{s:s}", "name", "bad\nname"));
+    json_array_append_new(list, json_pack("{s:i}", "name", 7));
+    json_array_append_new(list, json_string("just a string"));
+    for (int i = 0; i < 5000; i++) {
+        char n[32];
+        snprintf(n, sizeof n, "m%d:1b", i);
+        json_array_append_new(list, json_pack("{s:s}", "name", n));
+    }
+    cm_req_reply_json(r, 200, json_pack("{s:o}", "models", list));
+    return 1;
 }
 
 static int mh_installed(const char *name)
@@ -840,7 +868,7 @@ static void handle_tags(struct cm_req *r, void *arg)
     if (!only(r, "GET"))
         return;
     record(r, "/api/tags");
-    if (mh_fault(r, 0))
+    if (mh_fault(r, 0) || mh_hostile_list(r, 0))
         return;
     json_t *list = json_array();
     for (size_t i = 0; i < NMODELS; i++) {
@@ -888,7 +916,7 @@ static void handle_ps(struct cm_req *r, void *arg)
     if (!only(r, "GET"))
         return;
     record(r, "/api/ps");
-    if (mh_fault(r, 0))
+    if (mh_fault(r, 0) || mh_hostile_list(r, 1))
         return;
     json_t *list = json_array();
     for (size_t i = 0; i < NMODELS; i++)
@@ -904,9 +932,10 @@ static void handle_fault(struct cm_req *r, void *arg)
 {
     (void)arg;
     const char *m = cm_req_query(r, "mode");
-    MH.fault = m && strcmp(m, "hang") == 0   ? FAULT_HANG
-               : m && strcmp(m, "busy") == 0 ? FAULT_BUSY
-                                             : FAULT_NONE;
+    MH.fault = m && strcmp(m, "hang") == 0      ? FAULT_HANG
+               : m && strcmp(m, "busy") == 0    ? FAULT_BUSY
+               : m && strcmp(m, "hostile") == 0 ? FAULT_HOSTILE
+                                                : FAULT_NONE;
     cm_req_reply_json(r, 200, json_pack("{s:s}", "mode", m ? m : "none"));
 }
 

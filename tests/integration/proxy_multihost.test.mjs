@@ -239,3 +239,22 @@ test('OLLAMA_URL_INTERNAL: a bad item stops the proxy with exit status 2', async
   await assert.rejects(startProxy({ OLLAMA_URL_INTERNAL: 'http://127.0.0.1:9,ftp://x' }), /exited with 2/);
   await assert.rejects(startProxy({ OLLAMA_URL_INTERNAL: 'http://127.0.0.1:9,http://127.0.0.1:9' }), /exited with 2/);
 });
+
+test('hostile /api/tags and /api/ps replies are bounded and validated', async () => {
+  const { doubles: [a, b], p, stop } = await startHosts([[], []], { UPSTREAM_REFRESH_INTERVAL: '0.1' });
+  try {
+    await fetch(`${a.url}/_double/fault?mode=hostile`, { method: 'POST' });
+    await waitLog(p, (t) => t.includes(`event=upstream_bad_reply msg="host=${a.url} path=/api/ps`), 'the bad /api/ps reply');
+    await waitLog(p, (t) => new RegExp(`event=upstream_models msg="host=${esc(a.url)} path=/api/tags count=(\\d+)`).test(t.split(`path=/api/tags count=5`).at(-1)), 'the hostile list');
+    const n = [...p.logs.text.matchAll(new RegExp(`host=${esc(a.url)} path=/api/tags count=(\\d+)`, 'g'))].map((m) => Number(m[1])).at(-1);
+    assert.ok(n > 0 && n <= 2048, `kept ${n} names`);
+    const before = await chats(a);
+    for (let i = 0; i < 4; i++) assert.equal((await postJson(`${p.url}/v1/chat/completions`, chatBody('hi'))).status, 200);
+    assert.equal(await chats(a), before, 'qwen3:8b is not in the hostile list: the other host serves it');
+    const models = await (await fetch(`${p.url}/v1/models`)).json();
+    assert.ok(models.data.length <= 2048 + 5, `${models.data.length} models`);
+    assert.ok(models.data.every((m) => !/[\n]/.test(m.id)));
+  } finally {
+    await stop();
+  }
+});
