@@ -28,7 +28,7 @@ struct upstream_chat {
     struct upstream_host *host; /* the host of up */
     int attempts;
     int answered; /* the upstream said 200: never replayed from here on */
-    char *body;   /* the native request, kept for a failover until answered */
+    char *body;   /* the request, kept for a failover until answered (2+ hosts) */
     size_t body_len;
     char *request_id;
 };
@@ -293,6 +293,10 @@ struct upstream_chat *upstream_chat_start(struct proxy *px, const char *request_
             proxy_error_set(err, 500, NULL, NULL, "Could not start the upstream request.");
         uc_free(uc);
         return NULL;
+    }
+    if (upstream_pool_size(px->pool) < 2) {
+        free(uc->body); /* no other host to fail over to: curl has its copy */
+        uc->body = NULL;
     }
     return uc;
 }

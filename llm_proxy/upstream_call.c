@@ -18,7 +18,7 @@ struct upstream_call {
     char *model;
     char *method;
     char *path;
-    char *body; /* kept for a failover */
+    char *body; /* kept for a failover (only with several hosts) */
     size_t body_len;
     double timeout_s;
     upstream_ok_cb on_ok;
@@ -75,7 +75,7 @@ static int call_start_on(struct upstream_call *c, struct upstream_host *h)
 /* A failure before any byte reached the client: once more elsewhere. */
 static int call_failover(struct upstream_call *c, enum cm_hc_result result, long status)
 {
-    if (c->attempts > 1 || !upstream_failover_ok(result, status))
+    if (c->attempts > 1 || (c->body_len && !c->body) || !upstream_failover_ok(result, status))
         return 0;
     struct upstream_host *next = upstream_pool_pick(c->px->pool, c->model, c->host);
     if (!next)
@@ -159,6 +159,10 @@ void upstream_call_json(struct proxy *px, struct cm_req *r, const struct upstrea
         proxy_reply_error(r, &err);
         call_free(c);
         return;
+    }
+    if (upstream_pool_size(px->pool) < 2) {
+        free(c->body); /* no other host to fail over to: curl has its copy */
+        c->body = NULL;
     }
     cm_req_on_abort(r, call_abort, c);
 }
