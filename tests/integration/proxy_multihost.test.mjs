@@ -6,6 +6,7 @@
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import { test } from 'node:test';
+import WebSocket from 'ws';
 import { chatBody, dataOf, openChatStream, postJson, sseReader, startDouble, startProxy } from './harness.mjs';
 
 // Resolves when the proxy's log text satisfies pred (checked on every new
@@ -254,6 +255,32 @@ test('hostile /api/tags and /api/ps replies are bounded and validated', async ()
     const models = await (await fetch(`${p.url}/v1/models`)).json();
     assert.ok(models.data.length <= 2048 + 5, `${models.data.length} models`);
     assert.ok(models.data.every((m) => !/[\n]/.test(m.id)));
+  } finally {
+    await stop();
+  }
+});
+
+test('WebSocket chat fails over like SSE: a busy host is invisible to the client', async () => {
+  const { doubles: [a, b], p, stop } = await startHosts([[], []], { UPSTREAM_FAIL_THRESHOLD: '100' });
+  try {
+    await refreshed(p, [a, b]);
+    await fetch(`${a.url}/_double/fault?mode=busy`, { method: 'POST' });
+    const ws = new WebSocket(`${p.url.replace('http', 'ws')}/ws/chat`);
+    await once(ws, 'open');
+    const msgs = [];
+    const finished = new Promise((resolve) => ws.on('message', (d) => {
+      const m = JSON.parse(d.toString());
+      msgs.push(m);
+      if (msgs.filter((x) => x.type === 'done' || x.type === 'error').length === 4) resolve();
+    }));
+    for (let i = 0; i < 4; i++) ws.send(JSON.stringify({ type: 'chat', id: `c${i}`, model: 'qwen3:8b', messages: [{ role: 'user', content: 'ws busy' }] }));
+    await finished;
+    assert.equal(msgs.filter((m) => m.type === 'error').length, 0, JSON.stringify(msgs.filter((m) => m.type === 'error')));
+    assert.equal(msgs.filter((m) => m.type === 'done').length, 4);
+    assert.ok((await a.stats()).requests['/api/chat'] >= 1, 'the busy host was tried');
+    assert.ok(metric(await metrics(p), 'llm_proxy_upstream_failovers_total') >= 1);
+    ws.close();
+    await once(ws, 'close');
   } finally {
     await stop();
   }
