@@ -285,3 +285,24 @@ test('WebSocket chat fails over like SSE: a busy host is invisible to the client
     await stop();
   }
 });
+
+test('a down host is probed with exponential backoff up to UPSTREAM_BACKOFF_MAX', async () => {
+  const good = await startDouble();
+  const dead = 'http://127.0.0.1:9';
+  const p = await startProxy({
+    OLLAMA_URL_INTERNAL: `${good.url},${dead}`, UPSTREAM_FAIL_THRESHOLD: '1',
+    UPSTREAM_BACKOFF_MIN: '0.05', UPSTREAM_BACKOFF_MAX: '0.2',
+  });
+  try {
+    const probes = (t) => [...t.matchAll(new RegExp(`event=upstream_probe_failed msg="host=${esc(dead)} .*?retry_in=([0-9.]+)s`, 'g'))].map((m) => Number(m[1]));
+    await waitLog(p, (t) => probes(t).length >= 4, 'four failed probes');
+    assert.deepEqual(probes(p.logs.text).slice(0, 4), [0.1, 0.2, 0.2, 0.2]);
+    assert.equal((await postJson(`${p.url}/v1/chat/completions`, chatBody('still served'))).status, 200);
+    const m = await metrics(p);
+    assert.equal(metric(m, 'llm_proxy_upstream_healthy', { host: dead }), 0);
+    assert.equal(metric(m, 'llm_proxy_upstream_healthy', { host: good.url }), 1);
+  } finally {
+    await p.stop();
+    await good.stop();
+  }
+});
