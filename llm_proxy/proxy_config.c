@@ -158,7 +158,7 @@
              NULL,                                                                                 \
              0,                                                                                    \
              &(cfg)->max_upstream,                                                                 \
-             "Upstream requests running at once; more wait in a queue"},                           \
+             "Upstream requests running at once, per Ollama host; more wait in a queue"},          \
             {"LLM_PROXY_QUEUE_SIZE",                                                               \
              CM_CFG_INT,                                                                           \
              "256",                                                                                \
@@ -167,7 +167,8 @@
              NULL,                                                                                 \
              0,                                                                                    \
              &(cfg)->queue_size,                                                                   \
-             "Requests that may wait for an upstream slot; beyond it 429 with Retry-After"},       \
+             "Requests that may wait for an upstream slot (per host); beyond it 429, "             \
+             "Retry-After"},                                                                       \
             {"LLM_PROXY_QUEUE_TIMEOUT",                                                            \
              CM_CFG_SECONDS,                                                                       \
              "30",                                                                                 \
