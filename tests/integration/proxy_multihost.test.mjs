@@ -306,3 +306,24 @@ test('a down host is probed with exponential backoff up to UPSTREAM_BACKOFF_MAX'
     await good.stop();
   }
 });
+
+test('LLM_PROXY_MAX_UPSTREAM applies per host: two hosts with one slot each hold two streams', async () => {
+  const { doubles: [a, b], p, stop } = await startHosts([[], []], { LLM_PROXY_MAX_UPSTREAM: '1', LLM_PROXY_QUEUE_SIZE: '0' });
+  try {
+    await refreshed(p, [a, b]);
+    const held = [];
+    for (let i = 0; i < 2; i++) {
+      const res = await openChatStream(p, chatBody('hold @gate', { think: false }));
+      assert.equal(res.status, 200);
+      const s = sseReader(res);
+      assert.ok(dataOf(await s.next()));
+      held.push(s);
+    }
+    assert.deepEqual([(await a.stats()).active_streams, (await b.stats()).active_streams], [1, 1]);
+    const third = await postJson(`${p.url}/v1/chat/completions`, chatBody('no slot left'));
+    assert.equal(third.status, 429, third.text);
+    for (const s of held) await s.cancel();
+  } finally {
+    await stop();
+  }
+});
