@@ -12,12 +12,6 @@
 #include <string.h>
 #include <strings.h>
 
-struct model_list {
-    char **names; /* normalised "name:tag", owned */
-    size_t n;
-    int known; /* fetched at least once */
-};
-
 struct upstream_host {
     struct upstream_pool *pool;
     char *url;   /* base URL, no trailing slash */
@@ -30,7 +24,7 @@ struct upstream_host {
     struct event *probe_timer;
     struct cm_hc_req *probe;
     struct cm_hc_req *tags_req, *ps_req;
-    struct model_list installed, loaded;
+    struct upstream_models installed, loaded;
 };
 
 struct upstream_pool {
@@ -49,80 +43,6 @@ static struct timeval tv_from_s(double s)
     tv.tv_sec = (time_t)s;
     tv.tv_usec = (suseconds_t)((s - (double)tv.tv_sec) * 1e6);
     return tv;
-}
-
-/* ------------------------------------------------------------ model lists */
-
-static void list_clear(struct model_list *l)
-{
-    for (size_t i = 0; i < l->n; i++)
-        free(l->names[i]);
-    free(l->names);
-    l->names = NULL;
-    l->n = 0;
-}
-
-int upstream_model_name_ok(const char *name)
-{
-    size_t nl = name ? strlen(name) : 0;
-    if (nl == 0 || nl > UPSTREAM_MODEL_NAME_MAX)
-        return 0;
-    for (const char *c = name; *c; c++)
-        if ((unsigned char)*c < 0x21 || *c == 0x7f)
-            return 0;
-    return 1;
-}
-
-/* "name" or "name:tag" -> "name:tag" in buf; 0 when the name is unusable. */
-static int normalise(const char *name, char *buf, size_t len)
-{
-    if (!upstream_model_name_ok(name))
-        return 0;
-    snprintf(buf, len, "%s%s", name, strchr(name, ':') ? "" : ":latest");
-    return 1;
-}
-
-static int list_has(const struct model_list *l, const char *model)
-{
-    char want[UPSTREAM_MODEL_NAME_MAX + 16];
-    if (!normalise(model, want, sizeof want))
-        return 0;
-    for (size_t i = 0; i < l->n; i++)
-        if (strcasecmp(l->names[i], want) == 0)
-            return 1;
-    return 0;
-}
-
-/* {"models":[{"model"|"name": "..."}, ...]} -> l. -1 keeps l unchanged. */
-static int list_parse(struct model_list *l, struct evbuffer *body)
-{
-    size_t len = evbuffer_get_length(body);
-    json_t *j = cm_json_parse((const char *)evbuffer_pullup(body, -1), len, NULL, 0);
-    json_t *models = json_object_get(j, "models");
-    if (!json_is_array(models)) {
-        json_decref(j);
-        return -1;
-    }
-    size_t cnt = json_array_size(models);
-    if (cnt > UPSTREAM_MODELS_MAX)
-        cnt = UPSTREAM_MODELS_MAX;
-    char **names = cm_xcalloc(cnt ? cnt : 1, sizeof *names);
-    size_t n = 0;
-    for (size_t i = 0; i < cnt; i++) {
-        json_t *m = json_array_get(models, i);
-        const char *name = cm_json_str(m, "model");
-        if (!name)
-            name = cm_json_str(m, "name");
-        char buf[UPSTREAM_MODEL_NAME_MAX + 16];
-        if (name && normalise(name, buf, sizeof buf))
-            names[n++] = cm_xstrdup(buf);
-    }
-    json_decref(j);
-    list_clear(l);
-    l->names = names;
-    l->n = n;
-    l->known = 1;
-    return 0;
 }
 
 /* ------------------------------------------------------------ state */
@@ -247,11 +167,13 @@ static void probe_start(evutil_socket_t fd, short what, void *arg)
 
 /* ------------------------------------------------------------ refresh */
 
-static void refresh_done(struct upstream_host *h, struct model_list *l, enum cm_hc_result result,
-                         long status, struct evbuffer *body, const char *errmsg, const char *what)
+static void refresh_done(struct upstream_host *h, struct upstream_models *l,
+                         enum cm_hc_result result, long status, struct evbuffer *body,
+                         const char *errmsg, const char *what)
 {
     if (result == CM_HC_OK && status == 200) {
-        if (list_parse(l, body) != 0)
+        if (upstream_models_parse(l, (const char *)evbuffer_pullup(body, -1),
+                                  evbuffer_get_length(body)) != 0)
             CM_WARN(NULL, "upstream_bad_reply",
                     "host=%s path=%s: not a model list; kept the "
                     "previous one",
@@ -374,8 +296,8 @@ void upstream_pool_free(struct upstream_pool *p)
         struct upstream_host *h = &p->hosts[i];
         cm_hc_free(h->hc);
         event_free(h->probe_timer);
-        list_clear(&h->installed);
-        list_clear(&h->loaded);
+        upstream_models_clear(&h->installed);
+        upstream_models_clear(&h->loaded);
         free(h->url);
         free(h->label);
     }
@@ -415,11 +337,11 @@ static int rank(const struct upstream_host *h, const char *model)
 {
     if (!model)
         return 2;
-    if (h->loaded.known && list_has(&h->loaded, model))
+    if (h->loaded.known && upstream_models_has(&h->loaded, model))
         return 3;
     if (!h->installed.known)
         return 1;
-    return list_has(&h->installed, model) ? 2 : 0;
+    return upstream_models_has(&h->installed, model) ? 2 : 0;
 }
 
 struct upstream_host *upstream_pool_pick(struct upstream_pool *p, const char *model,

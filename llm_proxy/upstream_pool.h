@@ -17,8 +17,7 @@
  *
  * Models: every UPSTREAM_REFRESH_INTERVAL each HEALTHY host's /api/tags
  * (installed) and /api/ps (loaded) are fetched on the pool's own client
- * (no slot cap). Replies are untrusted: bounded in size, entries and name
- * length; malformed replies keep the previous lists.
+ * (no slot cap); upstream_models.h validates and bounds the replies.
  *
  * Choice (upstream_pool_pick): among HEALTHY hosts, loaded > installed >
  * lists not known yet > model absent; among equals the fewest requests in
@@ -34,6 +33,7 @@
 
 #include "cm_http_client.h"
 #include "cm_metrics.h"
+#include "upstream_models.h"
 
 #include <stddef.h>
 
@@ -61,15 +61,6 @@ struct upstream_pool_opts {
     struct cm_metric *m_healthy;   /* host */
     struct cm_metric *m_failovers; /* no labels */
 };
-
-/* Largest accepted /api/tags or /api/ps reply, entries kept, name length. */
-#define UPSTREAM_MODELS_MAX_BYTES (4u * 1024 * 1024)
-#define UPSTREAM_MODELS_MAX 2048
-#define UPSTREAM_MODEL_NAME_MAX 256
-
-/* 1 when an upstream's model name may be used: 1..256 bytes, no control
- * characters or blanks. */
-int upstream_model_name_ok(const char *name);
 
 struct upstream_pool *upstream_pool_new(struct event_base *base, char *const *urls, size_t n,
                                         const struct upstream_pool_opts *o);
