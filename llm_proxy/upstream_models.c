@@ -29,13 +29,13 @@ int upstream_model_name_ok(const char *name)
     return 1;
 }
 
-/* "name" or "name:tag" -> "name:tag" in buf; 0 when the name is unusable. */
+/* "name" or "name:tag" -> "name:tag" in buf; 0 when either form is unusable. */
 static int normalise(const char *name, char *buf, size_t len)
 {
     if (!upstream_model_name_ok(name))
         return 0;
-    snprintf(buf, len, "%s%s", name, strchr(name, ':') ? "" : ":latest");
-    return 1;
+    int n = snprintf(buf, len, "%s%s", name, strchr(name, ':') ? "" : ":latest");
+    return n > 0 && n <= UPSTREAM_MODEL_NAME_MAX; /* the stored form is a valid name too */
 }
 
 int upstream_models_has(const struct upstream_models *l, const char *model)
