@@ -184,6 +184,12 @@ test('a host that hangs: its requests fail over, it is marked down, probed, and 
     const before = await chats(b);
     for (let i = 0; i < 4; i++) assert.equal((await postJson(`${p.url}/v1/chat/completions`, chatBody('x'))).status, 200);
     assert.equal(await chats(b), before);
+    // /v1/models asks only the healthy hosts (a hung one would stall it).
+    const tagsBefore = (await b.stats()).requests['/api/tags'];
+    const list = await fetch(`${p.url}/v1/models`);
+    assert.equal(list.status, 200);
+    assert.ok((await list.json()).data.length > 0);
+    assert.equal((await b.stats()).requests['/api/tags'], tagsBefore);
     // Recovery: the probe sees /api/version again, the models are refreshed at once.
     const refreshes = count(p.logs.text, `event=upstream_models msg="host=${esc(b.url)} path=/api/tags`);
     await fetch(`${b.url}/_double/fault?mode=none`, { method: 'POST' });
