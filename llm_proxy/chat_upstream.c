@@ -25,6 +25,12 @@ struct upstream_chat {
     struct event *resume;
     struct timespec start;
     int first_line_seen;
+    struct upstream_host *host; /* the host of up */
+    int attempts;
+    int answered; /* the upstream said 200: never replayed from here on */
+    char *body;   /* the request, kept for a failover until answered (2+ hosts) */
+    size_t body_len;
+    char *request_id;
 };
 
 static void uc_free(struct upstream_chat *uc)
@@ -35,11 +41,21 @@ static void uc_free(struct upstream_chat *uc)
     chat_request_deinit(&uc->req);
     chat_stream_deinit(&uc->st);
     free(uc->route);
+    free(uc->body);
+    free(uc->request_id);
     free(uc);
+}
+
+/* The transfer on uc->host ended without a report (cancelled). */
+static void uc_release(struct upstream_chat *uc)
+{
+    if (uc->up && uc->host)
+        upstream_host_release(uc->host);
 }
 
 static void uc_fail(struct upstream_chat *uc, const struct proxy_error *e)
 {
+    uc_release(uc);
     cm_hc_cancel(uc->up);
     uc->up = NULL;
     const struct chat_sink_ops *ops = uc->ops;
@@ -51,6 +67,8 @@ static void uc_fail(struct upstream_chat *uc, const struct proxy_error *e)
 
 static void uc_done(struct upstream_chat *uc)
 {
+    if (uc->up && uc->host) /* the final line came before the transfer's end */
+        upstream_host_end(uc->host, uc->route, CM_HC_OK, 200);
     cm_hc_cancel(uc->up);
     uc->up = NULL;
     chat_count_tokens(uc->px->m_tokens, &uc->st.usage);
@@ -132,11 +150,18 @@ static int uc_drain_lines(struct upstream_chat *uc, int at_eof)
     }
 }
 
+static int uc_failover(struct upstream_chat *uc, enum cm_hc_result result, long status);
+
 static void uc_headers(struct cm_hc_req *up, long status, void *arg)
 {
     struct upstream_chat *uc = arg;
     (void)up;
-    if (status == 200 && uc->ops->headers_ok)
+    if (status != 200)
+        return;
+    uc->answered = 1;
+    free(uc->body);
+    uc->body = NULL;
+    if (uc->ops->headers_ok)
         uc->ops->headers_ok(uc->sink);
 }
 
@@ -165,7 +190,10 @@ static void uc_finished(struct cm_hc_req *up, enum cm_hc_result result, long sta
     struct upstream_chat *uc = arg;
     (void)up;
     uc->up = NULL; /* freed by the client after this callback */
+    upstream_host_end(uc->host, uc->route, result, status);
     struct proxy_error err;
+    if (!uc->answered && uc_failover(uc, result, status))
+        return;
     if (result == CM_HC_OK && status == 200) {
         if (uc_drain_lines(uc, 1))
             return; /* the last line had no newline but completed the stream */
@@ -177,6 +205,48 @@ static void uc_finished(struct cm_hc_req *up, enum cm_hc_result result, long sta
         proxy_upstream_error(uc->px, uc->route, result, status, body, errmsg, uc->req.model, &err);
     }
     uc_fail(uc, &err);
+}
+
+static int uc_start_on(struct upstream_chat *uc, struct upstream_host *h)
+{
+    char *url = upstream_host_url(h, "/api/chat");
+    struct proxy *px = uc->px;
+    struct cm_hc_opts o = {.method = "POST",
+                           .url = url,
+                           .body = uc->body,
+                           .body_len = uc->body_len,
+                           .request_id = uc->request_id,
+                           .connect_timeout_s = px->cfg.connect_timeout,
+                           .first_byte_timeout_s = px->cfg.chat_timeout,
+                           .idle_timeout_s = px->cfg.chat_timeout,
+                           .stream = 1};
+    static const struct cm_hc_callbacks cbs = {
+        .on_headers = uc_headers, .on_data = uc_data, .on_done = uc_finished};
+    uc->up = cm_hc_start(upstream_host_hc(h), &o, &cbs, uc);
+    free(url);
+    if (!uc->up)
+        return -1;
+    uc->host = h;
+    uc->attempts++;
+    upstream_host_begin(h);
+    return 0;
+}
+
+/* Nothing was relayed yet: once more on another host. */
+static int uc_failover(struct upstream_chat *uc, enum cm_hc_result result, long status)
+{
+    if (uc->attempts > 1 || !uc->body || !upstream_failover_ok(result, status))
+        return 0;
+    struct upstream_host *next = upstream_pool_pick(uc->px->pool, uc->req.model, uc->host);
+    if (!next)
+        return 0;
+    CM_WARN(uc->request_id, "upstream_failover", "route=%s from=%s to=%s reason=%s/%ld", uc->route,
+            upstream_host_label(uc->host), upstream_host_label(next), cm_hc_result_name(result),
+            status);
+    if (uc_start_on(uc, next) != 0)
+        return 0;
+    upstream_pool_count_failover(uc->px->pool);
+    return 1;
 }
 
 static void uc_resume_cb(evutil_socket_t fd, short what, void *arg)
@@ -206,31 +276,27 @@ struct upstream_chat *upstream_chat_start(struct proxy *px, const char *request_
     chat_new_id(id, sizeof id);
     chat_stream_init(&uc->st, uc->req.model, id, (long long)time(NULL), uc->req.include_usage);
 
-    size_t body_len;
-    char *body = chat_request_body(&uc->req, &body_len);
-    char *url = proxy_upstream_url(px, "/api/chat");
-    struct cm_hc_opts o = {.method = "POST",
-                           .url = url,
-                           .body = body,
-                           .body_len = body_len,
-                           .request_id = request_id,
-                           .connect_timeout_s = px->cfg.connect_timeout,
-                           .first_byte_timeout_s = px->cfg.chat_timeout,
-                           .idle_timeout_s = px->cfg.chat_timeout,
-                           .stream = 1};
-    static const struct cm_hc_callbacks cbs = {
-        .on_headers = uc_headers, .on_data = uc_data, .on_done = uc_finished};
-    uc->up = cm_hc_start(px->hc, &o, &cbs, uc);
-    free(url);
-    free(body);
-    chat_request_drop_native(&uc->req); /* the client has its own copy */
-    if (!uc->up) {
-        if (cm_hc_refused(px->hc))
+    uc->request_id = request_id ? cm_xstrdup(request_id) : NULL;
+    uc->body = chat_request_body(&uc->req, &uc->body_len);
+    chat_request_drop_native(&uc->req); /* uc->body is the copy we keep */
+    struct upstream_host *h = upstream_pool_pick(px->pool, uc->req.model, NULL);
+    int started = uc_start_on(uc, h) == 0;
+    if (!started && cm_hc_refused(upstream_host_hc(h))) {
+        /* This host's queue is full: another eligible host may have room. */
+        struct upstream_host *next = upstream_pool_pick(px->pool, uc->req.model, h);
+        started = next && uc_start_on(uc, next) == 0;
+    }
+    if (!started) {
+        if (cm_hc_refused(upstream_host_hc(h)))
             proxy_refused_error(px, route, err);
         else
             proxy_error_set(err, 500, NULL, NULL, "Could not start the upstream request.");
         uc_free(uc);
         return NULL;
+    }
+    if (upstream_pool_size(px->pool) < 2) {
+        free(uc->body); /* no other host to fail over to: curl has its copy */
+        uc->body = NULL;
     }
     return uc;
 }
@@ -239,6 +305,7 @@ void upstream_chat_cancel(struct upstream_chat *uc)
 {
     if (!uc)
         return;
+    uc_release(uc);
     cm_hc_cancel(uc->up);
     uc->up = NULL;
     uc_free(uc);

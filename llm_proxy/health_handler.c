@@ -1,4 +1,4 @@
-/* health_handler: /health (liveness), /ready (Ollama reachable), /metrics. */
+/* health_handler: /health (liveness), /ready (an Ollama host usable), /metrics. */
 #include "proxy.h"
 
 #include "cm_alloc.h"
@@ -18,12 +18,16 @@ void health_handle_live(struct cm_req *r, void *arg)
 }
 
 /*
- * /ready: one cached upstream probe. At most one GET /api/version is in
- * flight; every /ready arriving meanwhile waits for its result, and the
- * result answers every /ready for READY_CACHE_TTL. The probe runs on its
- * own HTTP client with no slot cap, so it never takes (or waits for) one of
- * the LLM_PROXY_MAX_UPSTREAM slots chat and embeddings share: a flood of
- * unauthenticated /ready costs at most one upstream request per TTL.
+ * /ready: one cached probe round. At most one round is in flight: it sends
+ * GET /api/version to every host at once; every /ready arriving meanwhile
+ * waits for its result, and the result answers every /ready for
+ * READY_CACHE_TTL. The probes run on their own HTTP client with no slot
+ * cap, so they never take (or wait for) one of the LLM_PROXY_MAX_UPSTREAM
+ * slots chat and embeddings use: a flood of unauthenticated /ready costs
+ * at most one request per host per TTL.
+ *
+ * Ready: at least one host answered the probe and is HEALTHY in the pool
+ * (upstream_pool.h). The body lists each host's state.
  */
 struct ready_waiter {
     struct ready_probe *p;
@@ -31,14 +35,22 @@ struct ready_waiter {
     struct ready_waiter *prev, *next;
 };
 
-struct ready_probe {
-    struct proxy *px;
-    struct cm_hc *hc; /* owned: the probe's own client */
+struct ready_host {
+    struct ready_probe *p;
+    struct upstream_host *h;
     struct cm_hc_req *inflight;
-    double checked_at; /* monotonic seconds; 0 = never */
     int ok;
     char version[64];
     char reason[300];
+};
+
+struct ready_probe {
+    struct proxy *px;
+    struct cm_hc *hc; /* owned: the probes' own client */
+    struct ready_host *hosts;
+    size_t n;
+    unsigned pending;  /* probes of the current round still in flight */
+    double checked_at; /* monotonic seconds; 0 = never */
     struct ready_waiter *waiters;
 };
 
@@ -51,12 +63,36 @@ static double mono_now(void)
 
 static void ready_answer(const struct ready_probe *p, struct cm_req *r)
 {
-    if (p->ok) {
+    json_t *hosts = json_array();
+    const char *version = NULL, *reason = NULL;
+    for (size_t i = 0; i < p->n; i++) {
+        const struct ready_host *rh = &p->hosts[i];
+        enum upstream_host_state st = upstream_host_state(rh->h);
+        int usable = rh->ok && st == UPSTREAM_HEALTHY;
+        if (usable && !version)
+            version = rh->version;
+        if (!rh->ok && !reason)
+            reason = rh->reason;
+        json_t *o = json_pack("{s:s, s:s, s:b, s:I, s:I, s:I}", "url", upstream_host_label(rh->h),
+                              "state", upstream_host_state_name(st), "reachable", rh->ok,
+                              "in_flight", (json_int_t)upstream_host_in_flight(rh->h),
+                              "models_installed", (json_int_t)upstream_host_installed(rh->h),
+                              "models_loaded", (json_int_t)upstream_host_loaded(rh->h));
+        if (rh->ok)
+            json_object_set_new(o, "ollama_version", json_string(rh->version));
+        else
+            json_object_set_new(o, "reason", json_string(rh->reason));
+        json_array_append_new(hosts, o);
+    }
+    if (version) {
         cm_req_reply_json(r, 200,
-                          json_pack("{s:s, s:s}", "status", "ready", "ollama_version", p->version));
+                          json_pack("{s:s, s:s, s:o}", "status", "ready", "ollama_version", version,
+                                    "hosts", hosts));
         return;
     }
-    cm_req_reply_json(r, 503, json_pack("{s:s, s:s}", "status", "not_ready", "reason", p->reason));
+    cm_req_reply_json(r, 503,
+                      json_pack("{s:s, s:s, s:o}", "status", "not_ready", "reason",
+                                reason ? reason : "no healthy upstream host", "hosts", hosts));
 }
 
 static void waiter_unlink(struct ready_waiter *w)
@@ -80,25 +116,28 @@ static void waiter_abort(struct cm_req *r, void *arg)
 static void probe_done(struct cm_hc_req *up, enum cm_hc_result result, long status,
                        struct evbuffer *body, const char *errmsg, void *arg)
 {
-    struct ready_probe *p = arg;
+    struct ready_host *rh = arg;
+    struct ready_probe *p = rh->p;
     (void)up;
-    p->inflight = NULL;
-    p->checked_at = mono_now();
-    p->ok = result == CM_HC_OK && status == 200;
-    if (p->ok) {
+    rh->inflight = NULL;
+    rh->ok = result == CM_HC_OK && status == 200;
+    if (rh->ok) {
         json_t *j = cm_json_parse((const char *)evbuffer_pullup(body, -1),
                                   evbuffer_get_length(body), NULL, 0);
         const char *v = cm_json_str(j, "version");
-        snprintf(p->version, sizeof p->version, "%s", v ? v : "unknown");
+        snprintf(rh->version, sizeof rh->version, "%s", v ? v : "unknown");
         json_decref(j);
     } else {
         if (result != CM_HC_OK)
-            snprintf(p->reason, sizeof p->reason, "ollama unreachable: %s",
+            snprintf(rh->reason, sizeof rh->reason, "ollama unreachable: %s",
                      errmsg ? errmsg : "error");
         else
-            snprintf(p->reason, sizeof p->reason, "ollama answered HTTP %ld", status);
-        CM_WARN(NULL, "not_ready", "%s", p->reason);
+            snprintf(rh->reason, sizeof rh->reason, "ollama answered HTTP %ld", status);
+        CM_WARN(NULL, "not_ready", "host=%s %s", upstream_host_label(rh->h), rh->reason);
     }
+    if (--p->pending)
+        return;
+    p->checked_at = mono_now();
     while (p->waiters) {
         struct ready_waiter *w = p->waiters;
         waiter_unlink(w);
@@ -112,11 +151,44 @@ static void probe_done(struct cm_hc_req *up, enum cm_hc_result result, long stat
 static struct ready_probe *probe_get(struct proxy *px)
 {
     if (!px->ready) {
-        px->ready = cm_xcalloc(1, sizeof *px->ready);
-        px->ready->px = px;
-        px->ready->hc = cm_hc_new(px->base);
+        struct ready_probe *p = cm_xcalloc(1, sizeof *p);
+        p->px = px;
+        p->hc = cm_hc_new(px->base);
+        p->n = upstream_pool_size(px->pool);
+        p->hosts = cm_xcalloc(p->n, sizeof *p->hosts);
+        for (size_t i = 0; i < p->n; i++) {
+            p->hosts[i].p = p;
+            p->hosts[i].h = upstream_pool_host(px->pool, i);
+        }
+        px->ready = p;
     }
     return px->ready;
+}
+
+/* Starts a probe round; 0 when at least one probe is in flight. */
+static int round_start(struct ready_probe *p, const char *request_id)
+{
+    struct proxy *px = p->px;
+    for (size_t i = 0; i < p->n; i++) {
+        struct ready_host *rh = &p->hosts[i];
+        char *url = upstream_host_url(rh->h, "/api/version");
+        struct cm_hc_opts o = {.method = "GET",
+                               .url = url,
+                               .request_id = request_id,
+                               .connect_timeout_s = px->cfg.connect_timeout,
+                               .total_timeout_s = px->cfg.connect_timeout + 1,
+                               .max_response_bytes = 64 * 1024};
+        static const struct cm_hc_callbacks cbs = {.on_done = probe_done};
+        rh->inflight = cm_hc_start(p->hc, &o, &cbs, rh);
+        free(url);
+        if (rh->inflight) {
+            p->pending++;
+        } else {
+            rh->ok = 0;
+            snprintf(rh->reason, sizeof rh->reason, "could not start the probe");
+        }
+    }
+    return p->pending ? 0 : -1;
 }
 
 void health_handle_ready(struct cm_req *r, void *arg)
@@ -128,25 +200,13 @@ void health_handle_ready(struct cm_req *r, void *arg)
         return;
     }
     struct ready_probe *p = probe_get(px);
-    if (p->checked_at > 0 && mono_now() - p->checked_at < px->cfg.ready_cache_ttl && !p->inflight) {
+    if (p->checked_at > 0 && mono_now() - p->checked_at < px->cfg.ready_cache_ttl && !p->pending) {
         ready_answer(p, r);
         return;
     }
-    if (!p->inflight) {
-        char *url = proxy_upstream_url(px, "/api/version");
-        struct cm_hc_opts o = {.method = "GET",
-                               .url = url,
-                               .request_id = cm_req_id(r),
-                               .connect_timeout_s = px->cfg.connect_timeout,
-                               .total_timeout_s = px->cfg.connect_timeout + 1,
-                               .max_response_bytes = 64 * 1024};
-        static const struct cm_hc_callbacks cbs = {.on_done = probe_done};
-        p->inflight = cm_hc_start(p->hc, &o, &cbs, p);
-        free(url);
-        if (!p->inflight) {
-            cm_req_reply_json(r, 503, json_pack("{s:s}", "status", "not_ready"));
-            return;
-        }
+    if (!p->pending && round_start(p, cm_req_id(r)) != 0) {
+        cm_req_reply_json(r, 503, json_pack("{s:s}", "status", "not_ready"));
+        return;
     }
     struct ready_waiter *w = cm_xcalloc(1, sizeof *w);
     w->p = p;
@@ -164,7 +224,8 @@ void health_ready_free(struct proxy *px)
     if (!p)
         return;
     /* The server (freed first) has already aborted every waiter. */
-    cm_hc_free(p->hc); /* cancels a probe in flight, no callback */
+    cm_hc_free(p->hc); /* cancels probes in flight, no callback */
+    free(p->hosts);
     free(p);
     px->ready = NULL;
 }
@@ -173,7 +234,7 @@ void health_handle_metrics(struct cm_req *r, void *arg)
 {
     struct proxy *px = arg;
     cm_metric_set(px->m_inflight, NULL, (double)cm_http_server_inflight(px->srv));
-    cm_metric_set(px->m_queue, NULL, (double)cm_hc_queued(px->hc));
+    cm_metric_set(px->m_queue, NULL, (double)upstream_pool_queued(px->pool));
     cm_metric_set(px->m_body_memory, NULL, (double)cm_mem_budget_used());
     struct evbuffer *buf = evbuffer_new();
     cm_metrics_render(px->metrics, buf);

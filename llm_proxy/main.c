@@ -147,6 +147,38 @@ static void setup_metrics(struct proxy *px)
         "reason");
     px->m_body_memory = cm_metrics_gauge(px->metrics, "llm_proxy_body_memory_bytes",
                                          "Request bodies and JSON held in memory now.", NULL);
+    px->m_up_requests = cm_metrics_counter(
+        px->metrics, "llm_proxy_upstream_requests_total",
+        "Upstream exchanges by Ollama host, route and status (HTTP status or failure kind).",
+        "host,route,status");
+    px->m_up_in_flight =
+        cm_metrics_gauge(px->metrics, "llm_proxy_upstream_in_flight",
+                         "Requests running or queued on each Ollama host.", "host");
+    px->m_up_healthy = cm_metrics_gauge(px->metrics, "llm_proxy_upstream_healthy",
+                                        "1 while an Ollama host is healthy, 0 while down.", "host");
+    px->m_up_failovers = cm_metrics_counter(
+        px->metrics, "llm_proxy_upstream_failovers_total",
+        "Requests retried on another Ollama host after a failure before any byte reached the "
+        "client.",
+        NULL);
+}
+
+static void setup_pool(struct proxy *px)
+{
+    const struct proxy_config *c = &px->cfg;
+    struct upstream_pool_opts o = {.refresh_interval_s = c->upstream_refresh_interval,
+                                   .fail_threshold = (unsigned)c->upstream_fail_threshold,
+                                   .backoff_min_s = c->upstream_backoff_min,
+                                   .backoff_max_s = c->upstream_backoff_max,
+                                   .connect_timeout_s = c->connect_timeout,
+                                   .max_upstream = (unsigned)c->max_upstream,
+                                   .queue_size = (unsigned)c->queue_size,
+                                   .queue_timeout_s = c->queue_timeout,
+                                   .m_requests = px->m_up_requests,
+                                   .m_in_flight = px->m_up_in_flight,
+                                   .m_healthy = px->m_up_healthy,
+                                   .m_failovers = px->m_up_failovers};
+    px->pool = upstream_pool_new(px->base, c->upstream_urls, c->n_upstreams, &o);
 }
 
 static void setup_routes(struct proxy *px)
@@ -234,6 +266,7 @@ int main(int argc, char **argv)
     cm_hc_set_limits(px->hc, (unsigned)px->cfg.max_upstream, (unsigned)px->cfg.queue_size,
                      px->cfg.queue_timeout);
     setup_metrics(px);
+    setup_pool(px);
     struct cm_http_server_opts so = {.host = px->cfg.host,
                                      .port = (int)px->cfg.port,
                                      .max_body_bytes = px->cfg.max_body_bytes,
@@ -254,13 +287,15 @@ int main(int argc, char **argv)
         goto out;
     }
     proxy_config_log(&px->cfg);
-    CM_INFO(NULL, "listening", "host=%s port=%d upstream=%s version=%s", px->cfg.host,
-            cm_http_server_port(px->srv), px->cfg.ollama_url, PROJECT_VERSION);
+    CM_INFO(NULL, "listening", "host=%s port=%d upstream=%s hosts=%zu version=%s", px->cfg.host,
+            cm_http_server_port(px->srv), upstream_host_label(upstream_pool_host(px->pool, 0)),
+            upstream_pool_size(px->pool), PROJECT_VERSION);
     if (px->cfg.port_file && cm_http_server_write_port_file(px->srv, px->cfg.port_file)) {
         CM_ERROR(NULL, "startup_failed", "cannot write LLM_PROXY_PORT_FILE %s", px->cfg.port_file);
         rc = 1;
         goto out;
     }
+    upstream_pool_start(px->pool);
     app.sigterm = evsignal_new(px->base, SIGTERM, signal_cb, &app);
     app.sigint = evsignal_new(px->base, SIGINT, signal_cb, &app);
     event_add(app.sigterm, NULL);
@@ -281,6 +316,7 @@ out:
     if (app.grace_timer)
         event_free(app.grace_timer);
     health_ready_free(px);
+    upstream_pool_free(px->pool);
     cm_metrics_free(px->metrics);
     event_base_free(px->base);
     proxy_config_free(&px->cfg);

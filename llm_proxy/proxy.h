@@ -10,12 +10,14 @@
 #include "cm_metrics.h"
 #include "proxy_config.h"
 #include "proxy_error.h"
+#include "upstream_pool.h"
 
 struct proxy {
     struct proxy_config cfg;
     struct event_base *base;
     struct cm_http_server *srv;
-    struct cm_hc *hc;
+    struct cm_hc *hc;           /* unused by the upstream paths: see pool */
+    struct upstream_pool *pool; /* the Ollama hosts (upstream_pool.h) */
     struct cm_metrics *metrics;
     struct cm_metric *m_requests;        /* route, method, status */
     struct cm_metric *m_duration;        /* route */
@@ -30,6 +32,10 @@ struct proxy {
     struct ready_probe *ready;           /* /ready's cached probe (health_handler.c) */
     struct ws_session *ws_sessions;      /* live WebSocket sessions (ws_session.c) */
     unsigned ws_count;
+    struct cm_metric *m_up_requests;  /* host, route, status */
+    struct cm_metric *m_up_in_flight; /* host */
+    struct cm_metric *m_up_healthy;   /* host */
+    struct cm_metric *m_up_failovers;
 };
 
 /* Route handlers (arg = struct proxy *). */
@@ -64,7 +70,7 @@ void proxy_upstream_error(struct proxy *px, const char *route, enum cm_hc_result
 /* cm_hc_start() refused a transfer (upstream queue full): 429. */
 void proxy_refused_error(struct proxy *px, const char *route, struct proxy_error *out);
 
-/* Builds "<OLLAMA_URL_INTERNAL><path>"; caller frees. */
+/* Builds "<first host of OLLAMA_URL_INTERNAL><path>"; caller frees. */
 char *proxy_upstream_url(const struct proxy *px, const char *path);
 
 #endif

@@ -1,8 +1,13 @@
 /* proxy_config: llm_proxy's configuration table (see proxy_config.h). */
 #include "proxy_config.h"
 
+#include "cm_alloc.h"
+
+#include <ctype.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #define TABLE(cfg)                                                                                 \
     {                                                                                              \
@@ -34,7 +39,8 @@
              NULL,                                                                                 \
              0,                                                                                    \
              &(cfg)->ollama_url,                                                                   \
-             "Base URL of the Ollama server"},                                                     \
+             "Base URL of the Ollama server, or a comma-separated list of them (requests are "     \
+             "routed by model, load and health)"},                                                 \
             {"CHAT_TIMEOUT",                                                                       \
              CM_CFG_SECONDS,                                                                       \
              "60",                                                                                 \
@@ -152,7 +158,7 @@
              NULL,                                                                                 \
              0,                                                                                    \
              &(cfg)->max_upstream,                                                                 \
-             "Upstream requests running at once; more wait in a queue"},                           \
+             "Upstream requests running at once, per Ollama host; more wait in a queue"},          \
             {"LLM_PROXY_QUEUE_SIZE",                                                               \
              CM_CFG_INT,                                                                           \
              "256",                                                                                \
@@ -161,7 +167,8 @@
              NULL,                                                                                 \
              0,                                                                                    \
              &(cfg)->queue_size,                                                                   \
-             "Requests that may wait for an upstream slot; beyond it 429 with Retry-After"},       \
+             "Requests that may wait for an upstream slot (per host); beyond it 429, "             \
+             "Retry-After"},                                                                       \
             {"LLM_PROXY_QUEUE_TIMEOUT",                                                            \
              CM_CFG_SECONDS,                                                                       \
              "30",                                                                                 \
@@ -273,7 +280,99 @@
              "Longest keep_alive passed upstream; longer or negative (forever) is lowered to "     \
              "this "                                                                               \
              "(seconds)"},                                                                         \
+            {"UPSTREAM_REFRESH_INTERVAL",                                                          \
+             CM_CFG_SECONDS,                                                                       \
+             "10",                                                                                 \
+             0.05,                                                                                 \
+             86400,                                                                                \
+             NULL,                                                                                 \
+             0,                                                                                    \
+             &(cfg)->upstream_refresh_interval,                                                    \
+             "How often each Ollama host's installed (/api/tags) and loaded (/api/ps) models are " \
+             "refreshed (seconds)"},                                                               \
+            {"UPSTREAM_FAIL_THRESHOLD",                                                            \
+             CM_CFG_INT,                                                                           \
+             "3",                                                                                  \
+             1,                                                                                    \
+             1000,                                                                                 \
+             NULL,                                                                                 \
+             0,                                                                                    \
+             &(cfg)->upstream_fail_threshold,                                                      \
+             "Consecutive failures (connect, timeout, 5xx) that mark an Ollama host down"},        \
+            {"UPSTREAM_BACKOFF_MIN",                                                               \
+             CM_CFG_SECONDS,                                                                       \
+             "1",                                                                                  \
+             0.01,                                                                                 \
+             3600,                                                                                 \
+             NULL,                                                                                 \
+             0,                                                                                    \
+             &(cfg)->upstream_backoff_min,                                                         \
+             "First wait before a down host is probed (GET /api/version); doubles per failed "     \
+             "probe (seconds)"},                                                                   \
+            {"UPSTREAM_BACKOFF_MAX",                                                               \
+             CM_CFG_SECONDS,                                                                       \
+             "30",                                                                                 \
+             0.01,                                                                                 \
+             86400,                                                                                \
+             NULL,                                                                                 \
+             0,                                                                                    \
+             &(cfg)->upstream_backoff_max,                                                         \
+             "Longest wait between two probes of a down host (seconds)"},                          \
     }
+
+static void free_upstreams(struct proxy_config *cfg)
+{
+    for (size_t i = 0; i < cfg->n_upstreams; i++)
+        free(cfg->upstream_urls[i]);
+    free(cfg->upstream_urls);
+    cfg->upstream_urls = NULL;
+    cfg->n_upstreams = 0;
+}
+
+/* OLLAMA_URL_INTERNAL: one URL or a comma-separated list (blanks around
+ * items ignored); each http(s)://, no blanks inside, no duplicates. */
+static int split_upstreams(struct proxy_config *cfg, char *err, size_t errlen)
+{
+    const char *s = cfg->ollama_url;
+    cfg->upstream_urls = cm_xcalloc(PROXY_MAX_UPSTREAM_HOSTS, sizeof *cfg->upstream_urls);
+    while (s && *s) {
+        const char *end = strchr(s, ',');
+        size_t len = end ? (size_t)(end - s) : strlen(s);
+        while (len && isspace((unsigned char)*s))
+            s++, len--;
+        while (len && isspace((unsigned char)s[len - 1]))
+            len--;
+        while (len > 8 && s[len - 1] == '/')
+            len--;
+        char *u = cm_xstrndup(s, len);
+        const char *why = NULL;
+        if (strncmp(u, "http://", 7) != 0 && strncmp(u, "https://", 8) != 0)
+            why = "must start with http:// or https://";
+        else if (strlen(u) <= 8 || strpbrk(u, " \t\r\n"))
+            why = "is not a URL";
+        else if (cfg->n_upstreams >= PROXY_MAX_UPSTREAM_HOSTS)
+            why = "is one host too many (at most 64)";
+        for (size_t i = 0; !why && i < cfg->n_upstreams; i++)
+            if (strcasecmp(cfg->upstream_urls[i], u) == 0)
+                why = "is listed twice";
+        if (why) {
+            snprintf(err, errlen, "OLLAMA_URL_INTERNAL: \"%.200s\" %s", u, why);
+            free(u);
+            return -1;
+        }
+        cfg->upstream_urls[cfg->n_upstreams++] = u;
+        s = end ? end + 1 : NULL;
+    }
+    if (cfg->n_upstreams == 0) {
+        snprintf(err, errlen, "OLLAMA_URL_INTERNAL: no URL");
+        return -1;
+    }
+    if (cfg->upstream_backoff_max < cfg->upstream_backoff_min) {
+        snprintf(err, errlen, "UPSTREAM_BACKOFF_MAX: below UPSTREAM_BACKOFF_MIN");
+        return -1;
+    }
+    return 0;
+}
 
 int proxy_config_load(struct proxy_config *cfg, cm_cfg_getenv_cb getenv_fn, void *ctx, char *err,
                       size_t errlen)
@@ -288,6 +387,10 @@ int proxy_config_load(struct proxy_config *cfg, cm_cfg_getenv_cb getenv_fn, void
         proxy_config_free(cfg);
         return -1;
     }
+    if (split_upstreams(cfg, err, errlen) != 0) {
+        proxy_config_free(cfg);
+        return -1;
+    }
     return 0;
 }
 
@@ -297,6 +400,7 @@ void proxy_config_free(struct proxy_config *cfg)
     cm_cfg_free(table, sizeof table / sizeof table[0]);
     cm_origin_policy_free(cfg->origins);
     cfg->origins = NULL;
+    free_upstreams(cfg);
 }
 
 void proxy_config_help(FILE *out)

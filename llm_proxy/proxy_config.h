@@ -47,7 +47,15 @@ struct proxy_config {
     char *allowed_options;
     long long max_num_ctx;
     double keep_alive_max;
+    double upstream_refresh_interval;
+    long long upstream_fail_threshold;
+    double upstream_backoff_min;
+    double upstream_backoff_max;
+    char **upstream_urls; /* OLLAMA_URL_INTERNAL split on commas, owned */
+    size_t n_upstreams;
 };
+
+#define PROXY_MAX_UPSTREAM_HOSTS 64
 
 /* Returns 0, or -1 with a reason naming the variable. getenv_fn NULL = getenv. */
 int proxy_config_load(struct proxy_config *cfg, cm_cfg_getenv_cb getenv_fn, void *ctx, char *err,

@@ -10,7 +10,7 @@
 
 char *proxy_upstream_url(const struct proxy *px, const char *path)
 {
-    return cm_xasprintf("%s%s", px->cfg.ollama_url, path);
+    return upstream_host_url(upstream_pool_host(px->pool, 0), path);
 }
 
 static void count(struct proxy *px, const char *route, const char *kind)

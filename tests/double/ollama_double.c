@@ -28,6 +28,12 @@
  * Test hooks (not Ollama): GET /_double/last?path=/api/chat (last request
  * with Host/Authorization/X-Request-Id), GET /_double/stats, GET
  * /_double/wait?disconnects=N (long poll), POST /_double/release.
+ *
+ * Several hosts (issue 14): --models a,b installs only those models,
+ * --loaded a,b lists those in GET /api/ps; POST /_double/fault?mode=hang
+ * makes every /api/ request hang, mode=busy answers chat and embeddings
+ * with Ollama's queue-full 503, mode=hostile sends malformed and oversized
+ * /api/tags and /api/ps replies, mode=none restores.
  */
 #include "cm_alloc.h"
 #include "cm_http_server.h"
@@ -88,6 +94,80 @@ struct double_state {
 
 static struct double_state D;
 
+/* ------------------------------------------------------------ several hosts */
+
+enum fault { FAULT_NONE, FAULT_HANG, FAULT_BUSY, FAULT_HOSTILE };
+
+static struct {
+    const char *installed; /* --models: comma list, NULL = all */
+    const char *loaded;    /* --loaded: comma list for /api/ps */
+    enum fault fault;
+} MH;
+
+static int in_list(const char *list, const char *name)
+{
+    size_t nl = strlen(name);
+    for (const char *p = list; p && *p;) {
+        const char *e = strchr(p, ',');
+        size_t l = e ? (size_t)(e - p) : strlen(p);
+        if (l == nl && strncasecmp(p, name, l) == 0)
+            return 1;
+        p = e ? e + 1 : NULL;
+    }
+    return 0;
+}
+
+/* mode=hostile: model lists no Ollama sends (bad types, control
+ * characters, overlong names, 5000 entries); 1 when answered. */
+static int mh_hostile_list(struct cm_req *r, int ps)
+{
+    if (MH.fault != FAULT_HOSTILE)
+        return 0;
+    if (ps) {
+        cm_req_reply_json(r, 200, json_pack("{s:s}", "models", "not a list"));
+        return 1;
+    }
+    json_t *list = json_array();
+    char longname[1024];
+    memset(longname, 'a', sizeof longname - 1);
+    longname[sizeof longname - 1] = '\0';
+    json_array_append_new(list, json_pack("{s:s}", "name", longname));
+    json_array_append_new(list, json_pack("{s:s}", "name", "bad\nname"));
+    json_array_append_new(list, json_pack("{s:i}", "name", 7));
+    json_array_append_new(list, json_string("just a string"));
+    for (int i = 0; i < 5000; i++) {
+        char n[32];
+        snprintf(n, sizeof n, "m%d:1b", i);
+        json_array_append_new(list, json_pack("{s:s}", "name", n));
+    }
+    cm_req_reply_json(r, 200, json_pack("{s:o}", "models", list));
+    return 1;
+}
+
+static int mh_installed(const char *name)
+{
+    return !MH.installed || in_list(MH.installed, name);
+}
+
+static void mh_hang_abort(struct cm_req *r, void *arg);
+
+/* 1 when the injected fault answered (or swallowed) the request. */
+static int mh_fault(struct cm_req *r, int is_work)
+{
+    if (MH.fault == FAULT_HANG) {
+        cm_req_on_abort(r, mh_hang_abort, NULL);
+        return 1;
+    }
+    if (MH.fault == FAULT_BUSY && is_work) {
+        cm_req_reply_json(r, 503,
+                          json_pack("{s:s}", "error",
+                                    "server busy, please try again.  maximum pending requests "
+                                    "exceeded"));
+        return 1;
+    }
+    return 0;
+}
+
 /* ------------------------------------------------------------ helpers */
 
 static const struct model_info *find_model(const char *name)
@@ -98,7 +178,7 @@ static const struct model_info *find_model(const char *name)
     snprintf(buf, sizeof buf, "%s%s", name, strchr(name, ':') ? "" : ":latest");
     for (size_t i = 0; i < NMODELS; i++)
         if (strcasecmp(models[i].name, buf) == 0)
-            return &models[i];
+            return mh_installed(models[i].name) ? &models[i] : NULL;
     return NULL;
 }
 
@@ -486,6 +566,8 @@ static void handle_chat(struct cm_req *r, void *arg)
     if (!only(r, "POST"))
         return;
     record(r, "/api/chat");
+    if (mh_fault(r, 1))
+        return;
     json_t *req = parse_body(r);
     if (!req)
         return;
@@ -703,6 +785,8 @@ static void handle_embed(struct cm_req *r, void *arg)
     if (!only(r, "POST"))
         return;
     record(r, "/api/embed");
+    if (mh_fault(r, 1))
+        return;
     json_t *req = parse_body(r);
     if (!req)
         return;
@@ -784,9 +868,13 @@ static void handle_tags(struct cm_req *r, void *arg)
     if (!only(r, "GET"))
         return;
     record(r, "/api/tags");
+    if (mh_fault(r, 0) || mh_hostile_list(r, 0))
+        return;
     json_t *list = json_array();
     for (size_t i = 0; i < NMODELS; i++) {
         const struct model_info *m = &models[i];
+        if (!mh_installed(m->name))
+            continue;
         json_t *caps = json_array();
         json_array_append_new(caps, json_string(m->embedding ? "embedding" : "completion"));
         if (m->thinking)
@@ -809,7 +897,46 @@ static void handle_version(struct cm_req *r, void *arg)
     if (!only(r, "GET"))
         return;
     record(r, "/api/version");
+    if (mh_fault(r, 0))
+        return;
     reply_json(r, 200, json_pack("{s:s}", "version", D.version));
+}
+
+static void mh_hang_abort(struct cm_req *r, void *arg)
+{
+    (void)r;
+    (void)arg;
+    D.disconnects++;
+    waiters_check();
+}
+
+static void handle_ps(struct cm_req *r, void *arg)
+{
+    (void)arg;
+    if (!only(r, "GET"))
+        return;
+    record(r, "/api/ps");
+    if (mh_fault(r, 0) || mh_hostile_list(r, 1))
+        return;
+    json_t *list = json_array();
+    for (size_t i = 0; i < NMODELS; i++)
+        if (MH.loaded && in_list(MH.loaded, models[i].name) && mh_installed(models[i].name))
+            json_array_append_new(list,
+                                  json_pack("{s:s, s:s, s:I, s:I}", "name", models[i].name, "model",
+                                            models[i].name, "size", (json_int_t)6654289920,
+                                            "size_vram", (json_int_t)6654289920));
+    reply_json(r, 200, json_pack("{s:o}", "models", list));
+}
+
+static void handle_fault(struct cm_req *r, void *arg)
+{
+    (void)arg;
+    const char *m = cm_req_query(r, "mode");
+    MH.fault = m && strcmp(m, "hang") == 0      ? FAULT_HANG
+               : m && strcmp(m, "busy") == 0    ? FAULT_BUSY
+               : m && strcmp(m, "hostile") == 0 ? FAULT_HOSTILE
+                                                : FAULT_NONE;
+    cm_req_reply_json(r, 200, json_pack("{s:s}", "mode", m ? m : "none"));
 }
 
 static void handle_root(struct cm_req *r, void *arg)
@@ -899,6 +1026,8 @@ int main(int argc, char **argv)
                                              {"port-file", required_argument, NULL, 'f'},
                                              {"version-string", required_argument, NULL, 'v'},
                                              {"chat-delay-ms", required_argument, NULL, 'd'},
+                                             {"models", required_argument, NULL, 'm'},
+                                             {"loaded", required_argument, NULL, 'l'},
                                              {"help", no_argument, NULL, 'H'},
                                              {NULL, 0, NULL, 0}};
     const char *host = "127.0.0.1", *port_file = NULL;
@@ -921,9 +1050,15 @@ int main(int argc, char **argv)
         case 'd':
             D.chat_delay_ms = atol(optarg);
             break;
+        case 'm':
+            MH.installed = optarg;
+            break;
+        case 'l':
+            MH.loaded = optarg;
+            break;
         default:
             printf("Usage: ollama_double [--host H] [--port P] [--port-file F] "
-                   "[--version-string V] [--chat-delay-ms MS]\n");
+                   "[--version-string V] [--chat-delay-ms MS] [--models A,B] [--loaded A,B]\n");
             return opt == 'H' ? 0 : 2;
         }
     }
@@ -939,6 +1074,8 @@ int main(int argc, char **argv)
     cm_http_server_route(D.srv, all, "/api/embed", 0, "embed", handle_embed, NULL);
     cm_http_server_route(D.srv, all, "/api/tags", 0, "tags", handle_tags, NULL);
     cm_http_server_route(D.srv, all, "/api/version", 0, "version", handle_version, NULL);
+    cm_http_server_route(D.srv, all, "/api/ps", 0, "ps", handle_ps, NULL);
+    cm_http_server_route(D.srv, CM_POST, "/_double/fault", 0, "fault", handle_fault, NULL);
     cm_http_server_route(D.srv, CM_GET, "/_double/last", 0, "last", handle_last, NULL);
     cm_http_server_route(D.srv, CM_GET, "/_double/stats", 0, "stats", handle_stats, NULL);
     cm_http_server_route(D.srv, CM_GET, "/_double/wait", 0, "wait", handle_wait, NULL);

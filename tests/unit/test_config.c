@@ -132,6 +132,29 @@ static void bad_values_name_the_variable(void)
     expect_error("LLM_PROXY_ALLOWED_ORIGINS", "https://ok.example/path");
 }
 
+static void upstream_list(void)
+{
+    const char *const pairs[] = {"OLLAMA_URL_INTERNAL",
+                                 "http://a:1/ , http://b:2,https://u:p@c/x//", NULL};
+    struct fake_env env = {pairs};
+    struct proxy_config cfg = {0};
+    char err[256] = "";
+    CHECK(proxy_config_load(&cfg, fake_getenv, &env, err, sizeof err) == 0);
+    CHECK(cfg.n_upstreams == 3);
+    CHECK_STR(cfg.upstream_urls[0], "http://a:1");
+    CHECK_STR(cfg.upstream_urls[1], "http://b:2");
+    CHECK_STR(cfg.upstream_urls[2], "https://u:p@c/x");
+    CHECK(cfg.upstream_refresh_interval == 10);
+    CHECK(cfg.upstream_fail_threshold == 3);
+    proxy_config_free(&cfg);
+    expect_error("OLLAMA_URL_INTERNAL", "http://a:1,ollama:11434");
+    expect_error("OLLAMA_URL_INTERNAL", "http://a:1,,http://b:2");
+    expect_error("OLLAMA_URL_INTERNAL", "http://a:1,http://A:1/");
+    expect_error("OLLAMA_URL_INTERNAL", "http://a b:1");
+    expect_error("UPSTREAM_FAIL_THRESHOLD", "0");
+    expect_error("UPSTREAM_REFRESH_INTERVAL", "never");
+}
+
 static void origin_policy(void)
 {
     char err[200];
@@ -176,4 +199,5 @@ static void origin_policy(void)
 }
 
 UNIT_MAIN(T(parse_seconds), T(parse_bytes), T(parse_bool_and_int), T(proxy_defaults),
-          T(proxy_overrides_and_trailing_slash), T(bad_values_name_the_variable), T(origin_policy))
+          T(proxy_overrides_and_trailing_slash), T(bad_values_name_the_variable), T(upstream_list),
+          T(origin_policy))
