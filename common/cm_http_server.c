@@ -758,6 +758,8 @@ static int check_api_key(struct cm_http_server *srv, struct cm_req *r, unsigned 
         key = auth + 7;
         while (*key == ' ')
             key++;
+    } else if (flags & CM_ROUTE_AUTH_XKEY) {
+        key = cm_req_header(r, "x-api-key");
     } else if (flags & CM_ROUTE_AUTH_QUERY) {
         key = cm_req_query(r, "api_key");
     }

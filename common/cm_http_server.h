@@ -52,6 +52,8 @@ enum {
                                         (browsers cannot set headers on a WebSocket) */
     CM_ROUTE_STRICT_ORIGIN = 1 << 4, /* refuse a disallowed Origin on every method, GET
                                         included (a WebSocket upgrade has no preflight) */
+    CM_ROUTE_AUTH_XKEY = 1 << 5,     /* with AUTH: the key may also come as "x-api-key: KEY"
+                                        (Anthropic's clients) */
 };
 
 typedef void (*cm_route_cb)(struct cm_req *r, void *arg);
@@ -72,7 +74,8 @@ struct cm_origin_policy;
  * can change state (anything but GET, HEAD and OPTIONS) or its route is
  * CM_ROUTE_STRICT_ORIGIN. The API key is checked after the origin, by one
  * check for every route: "Authorization: Bearer KEY" (spaces after Bearer
- * ignored), or ?api_key=KEY on CM_ROUTE_AUTH_QUERY routes.
+ * ignored), or ?api_key=KEY on CM_ROUTE_AUTH_QUERY routes, or
+ * "x-api-key: KEY" on CM_ROUTE_AUTH_XKEY routes.
  *
  * With a policy, the server also speaks CORS (cm_cors.h): a preflight to a
  * known path is answered 204 before the origin-on-route and API-key checks
