@@ -171,10 +171,19 @@ static int item_to_chat(const json_t *item, size_t ii, json_t *msgs, struct prox
         free(text);
         return 0;
     }
-    if (strcmp(type, "item_reference") == 0)
+    if (strcmp(type, "item_reference") == 0) {
+        /* A reference to an earlier reasoning item (the AI SDK sends these
+         * by default): earlier turns' reasoning is optional context, which
+         * Ollama's templates drop anyway; skipped. Anything else would need
+         * the stored item. */
+        const char *id = cm_json_str(item, "id");
+        if (id && strncmp(id, "rs_", 3) == 0)
+            return 0;
         return bad(err, param, "unsupported_value",
                    "'item_reference' input items are not supported: this server is stateless "
-                   "(send the items themselves, with store: false).");
+                   "(send the items themselves, with store: false; in the AI SDK, "
+                   "providerOptions.openai.store = false).");
+    }
     proxy_error_set(err, 400, param, "invalid_type", "Unsupported input item type '%.40s' at '%s'.",
                     type, param);
     return -1;

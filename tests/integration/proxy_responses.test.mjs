@@ -4,7 +4,7 @@
 import assert from 'node:assert/strict';
 import OpenAI from 'openai';
 import { createOpenAI } from '@ai-sdk/openai';
-import { generateText, streamText, tool, jsonSchema } from 'ai';
+import { generateText, streamText, tool, jsonSchema, stepCountIs } from 'ai';
 import { after, before, test } from 'node:test';
 import { startDouble, startProxy, postJson, assertOpenAIError } from './harness.mjs';
 
@@ -168,6 +168,35 @@ test('AI SDK openai(model): tools', async () => {
   assert.deepEqual(got, { tz: 'UTC' });
   assert.equal(r.finishReason, 'tool-calls');
   assert.equal(r.toolResults[0].output, '12:00');
+});
+
+test('AI SDK openai(model): a multi-step tool loop (defaults: reasoning sent back as item_reference)', async () => {
+  const r = await generateText({
+    model: openai('qwen3:8b'), prompt: 'what time now?', stopWhen: stepCountIs(3),
+    tools: {
+      get_time: tool({
+        description: 'Current time', inputSchema: jsonSchema({ type: 'object', properties: { tz: { type: 'string' } } }),
+        execute: async () => '12:00',
+      }),
+    },
+  });
+  assert.equal(r.steps.length, 2);
+  assert.equal(r.text, 'Echo: what time now?');
+  const sent = (await double.last('/api/chat')).body;
+  assert.deepEqual(sent.messages.map((m) => m.role), ['user', 'assistant', 'tool']);
+  assert.equal(sent.messages[2].content, '12:00');
+});
+
+test('AI SDK openai(model): a second turn with store: false sends the earlier items whole', async () => {
+  const first = await generateText({ model: openai('qwen3:8b'), prompt: 'turn one' });
+  const r = await generateText({
+    model: openai('qwen3:8b'), providerOptions: { openai: { store: false } },
+    messages: [{ role: 'user', content: 'turn one' }, ...first.response.messages, { role: 'user', content: 'turn two' }],
+  });
+  assert.equal(r.text, 'Echo: turn two');
+  const sent = (await double.last('/api/chat')).body;
+  assert.deepEqual(sent.messages.map((m) => m.role), ['user', 'assistant', 'user']);
+  assert.equal(sent.messages[1].content, 'Echo: turn one');
 });
 
 test('errors: stateless refusals, missing model, unknown model, auth, upstream status', async () => {

@@ -680,6 +680,12 @@ static void responses_request(void)
     responses_err("{\"model\":\"m\",\"input\":5}", 400, "input");
     responses_err("{\"model\":\"m\",\"input\":[{\"type\":\"item_reference\",\"id\":\"x\"}]}", 400,
                   "input[0]");
+    n = responses_native("{\"model\":\"m\",\"input\":[{\"type\":\"item_reference\",\"id\":"
+                         "\"rs_1\"},{\"role\":\"user\",\"content\":\"u\"}]}",
+                         &req);
+    CHECK(json_array_size(at(n, "messages")) == 1);
+    CHECK_STR(S(n, "messages.0.content"), "u");
+    chat_request_deinit(&req);
     responses_err("{\"model\":\"m\",\"input\":[{\"role\":\"tool\",\"content\":\"x\"}]}", 400,
                   "input[0].role");
     responses_err("{\"model\":\"m\",\"input\":\"x\",\"tools\":[{\"type\":\"web_search\"}]}", 400,
