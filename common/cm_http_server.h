@@ -54,6 +54,8 @@ enum {
                                         included (a WebSocket upgrade has no preflight) */
     CM_ROUTE_AUTH_XKEY = 1 << 5,     /* with AUTH: the key may also come as "x-api-key: KEY"
                                         (Anthropic's clients) */
+    CM_ROUTE_ANTHROPIC = 1 << 6,     /* errors replied on this route (cm_req_reply_error:
+                                        401, 403, 503 ...) in Anthropic's shape */
 };
 
 typedef void (*cm_route_cb)(struct cm_req *r, void *arg);
@@ -169,6 +171,8 @@ void cm_req_reply_overloaded(struct cm_req *r);
 /* Adds a response header (before the reply starts). Returns 0 or -1 (CR/LF). */
 int cm_req_add_header(struct cm_req *r, const char *name, const char *value);
 void cm_req_reply_json(struct cm_req *r, int status, json_t *body);
+/* Anthropic's error type for an HTTP status (static string). */
+const char *cm_anthropic_error_type(int status);
 void cm_req_reply_error(struct cm_req *r, int status, const char *type, const char *message,
                         const char *param, const char *code);
 void cm_req_reply_text(struct cm_req *r, int status, const char *content_type, const char *data,

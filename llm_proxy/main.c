@@ -157,7 +157,8 @@ static void setup_routes(struct proxy *px)
                          chat_handle, px);
     cm_http_server_route(s, CM_POST, "/v1/responses", CM_ROUTE_AUTH, "responses", responses_handle,
                          px);
-    cm_http_server_route(s, CM_POST, "/v1/messages", CM_ROUTE_AUTH | CM_ROUTE_AUTH_XKEY, "messages",
+    cm_http_server_route(s, CM_POST, "/v1/messages",
+                         CM_ROUTE_AUTH | CM_ROUTE_AUTH_XKEY | CM_ROUTE_ANTHROPIC, "messages",
                          messages_handle, px);
     cm_http_server_route(s, CM_POST, "/v1/embeddings", CM_ROUTE_AUTH, "embeddings", embed_handle,
                          px);

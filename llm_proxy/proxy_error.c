@@ -1,6 +1,7 @@
 /* proxy_error: see proxy_error.h. */
 #include "proxy_error.h"
 
+#include "cm_http_server.h"
 #include "cm_json.h"
 
 #include <stdarg.h>
@@ -32,25 +33,7 @@ const char *proxy_require_model(const json_t *oai, struct proxy_error *err)
 
 const char *proxy_error_anthropic_type(int status)
 {
-    switch (status) {
-    case 400:
-        return "invalid_request_error";
-    case 401:
-        return "authentication_error";
-    case 403:
-        return "permission_error";
-    case 404:
-        return "not_found_error";
-    case 413:
-        return "request_too_large";
-    case 429:
-        return "rate_limit_error";
-    case 503:
-    case 529:
-        return "overloaded_error";
-    default:
-        return status >= 400 && status < 500 ? "invalid_request_error" : "api_error";
-    }
+    return cm_anthropic_error_type(status);
 }
 
 json_t *proxy_error_anthropic_json(const struct proxy_error *e)

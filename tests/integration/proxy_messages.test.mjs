@@ -138,7 +138,8 @@ test('errors in Anthropic shape map to the SDK exception classes', async () => {
   const bad = new Anthropic({ apiKey: 'wrong', baseURL: proxy.url, maxRetries: 0 });
   await assert.rejects(
     bad.messages.create({ model: 'qwen3:8b', max_tokens: 10, messages: [{ role: 'user', content: 'x' }] }),
-    (e) => e instanceof Anthropic.AuthenticationError);
+    (e) => e instanceof Anthropic.AuthenticationError && e.error.type === 'error'
+      && e.error.error.type === 'authentication_error');
   const bearer = await postJson(`${proxy.url}/v1/messages`,
     { model: 'qwen3:8b', max_tokens: 10, messages: [{ role: 'user', content: 'x' }] },
     { authorization: 'Bearer sk-ant-test' });
