@@ -82,6 +82,16 @@ test('responses.create: json_schema text format reaches Ollama as format', async
   assert.deepEqual((await double.last('/api/chat')).body.format, schema);
 });
 
+test('responses.parse: structured output with a json_schema format', async () => {
+  const schema = { type: 'object', properties: { echo: { type: 'string' } }, required: ['echo'], additionalProperties: false };
+  const r = await client.responses.parse({
+    model: 'qwen3:8b', input: 'structured please @json', reasoning: { effort: 'none' },
+    text: { format: { type: 'json_schema', name: 'echo', schema, strict: true } },
+  });
+  assert.deepEqual(r.output_parsed, { echo: 'structured please' });
+  assert.deepEqual((await double.last('/api/chat')).body.format, schema);
+});
+
 test('responses.stream: event sequence, deltas, final response', async () => {
   const stream = client.responses.stream({ model: 'qwen3:8b', input: 'stream me please' });
   const types = [];
