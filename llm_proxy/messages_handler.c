@@ -71,6 +71,8 @@ static const struct api_relay_ops messages_ops = {.start = conv_start,
 void messages_handle(struct cm_req *r, void *arg)
 {
     struct proxy *px = arg;
+    /* Anthropic's clients read the request id from "request-id". */
+    cm_req_add_header(r, "request-id", cm_req_id(r));
     struct evbuffer *body = cm_req_body(r);
     size_t len = evbuffer_get_length(body);
     struct proxy_error err;

@@ -33,8 +33,10 @@ test('messages.create: text, usage, native request (x-api-key, anthropic-version
   assert.deepEqual(m.content, [{ type: 'text', text: 'Echo: hello claude' }]);
   assert.equal(m.stop_reason, 'end_turn');
   assert.ok(m.usage.input_tokens > 0 && m.usage.output_tokens > 0);
+  assert.match(m._request_id, /\S/);
   const last = await double.last('/api/chat');
   const sent = last.body;
+  assert.equal(last.request_id, m._request_id, 'one request id from client to Ollama');
   assert.deepEqual(sent.messages, [
     { role: 'system', content: 'Be brief.' }, { role: 'user', content: 'hello claude' }]);
   assert.equal(sent.think, false);
