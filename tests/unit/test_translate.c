@@ -712,8 +712,8 @@ static void responses_events(void)
     responses_stream_start(rs, ev);
     const char *deltas[] = {"{\"role\":\"assistant\",\"reasoning_content\":\"think\"}",
                             "{\"content\":\"Hel\"}", "{\"content\":\"lo\"}",
-                            "{\"tool_calls\":[{\"index\":0,\"id\":\"call_1\",\"type\":"
-                            "\"function\",\"function\":{\"name\":\"f\",\"arguments\":\"{}\"}}]}"};
+                            ("{\"tool_calls\":[{\"index\":0,\"id\":\"call_1\",\"type\":"
+                             "\"function\",\"function\":{\"name\":\"f\",\"arguments\":\"{}\"}}]}")};
     for (size_t i = 0; i < 4; i++) {
         json_t *c = chunk_of(deltas[i]);
         responses_stream_chunk(rs, c, ev);
@@ -848,9 +848,9 @@ static void messages_events(void)
     messages_stream_start(ms, ev);
     const char *deltas[] = {"{\"reasoning_content\":\"th\"}", "{\"content\":\"A\"}",
                             "{\"content\":\"B\"}",
-                            "{\"tool_calls\":[{\"index\":0,\"id\":\"call_1\",\"type\":"
-                            "\"function\",\"function\":{\"name\":\"f\",\"arguments\":"
-                            "\"{\\\"x\\\":1}\"}}]}"};
+                            ("{\"tool_calls\":[{\"index\":0,\"id\":\"call_1\",\"type\":"
+                             "\"function\",\"function\":{\"name\":\"f\",\"arguments\":"
+                             "\"{\\\"x\\\":1}\"}}]}")};
     for (size_t i = 0; i < 4; i++) {
         json_t *c = chunk_of(deltas[i]);
         messages_stream_chunk(ms, c, ev);
