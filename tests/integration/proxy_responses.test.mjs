@@ -244,3 +244,13 @@ test('errors: a mid-stream upstream failure is response.failed', async () => {
   assert.equal(failed.status, 'failed');
   assert.match(failed.error.message, /model runner crashed/);
 });
+
+test('errors: the AI SDK sees a mid-stream failure as a stream error', async () => {
+  const errors = [];
+  const r = streamText({
+    model: openai('qwen3:8b'), prompt: '@error-mid a b c', onError: ({ error }) => errors.push(error),
+  });
+  for await (const t of r.textStream) void t;
+  assert.equal(errors.length, 1);
+  assert.match(String(errors[0].message ?? errors[0]), /model runner crashed/);
+});
