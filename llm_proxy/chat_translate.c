@@ -723,8 +723,19 @@ static int translate_request(const json_t *oai, const char *s, size_t ma, size_t
                 goto fail;
             }
         }
-        if (json_array_size(tools) && !(tool_choice && strcmp(tool_choice, "none") == 0))
-            json_object_set(native, "tools", tools);
+        /* Ollama cannot force a call; a named tool_choice at least leaves
+         * the model only that tool. */
+        const char *only =
+            cm_json_str(json_object_get(json_object_get(oai, "tool_choice"), "function"), "name");
+        json_t *sent = json_array();
+        json_array_foreach(tools, ti, t)
+        {
+            if (!only || strcmp(only, cm_json_str(json_object_get(t, "function"), "name")) == 0)
+                json_array_append(sent, t);
+        }
+        if (json_array_size(sent) && !(tool_choice && strcmp(tool_choice, "none") == 0))
+            json_object_set(native, "tools", sent);
+        json_decref(sent);
     }
     json_t *keep_alive = json_object_get(oai, "keep_alive");
     if (keep_alive && !json_is_null(keep_alive)) {

@@ -238,8 +238,13 @@ static int tools_to_chat(const json_t *tools, const json_t *choice, json_t *chat
                             "tool_choice.type: Input should be 'auto', 'any', 'tool' or 'none'");
             return -1;
         }
+        const char *name = cm_json_str(choice, "name");
         if (strcmp(type, "none") == 0)
             json_object_set_new(chat, "tool_choice", json_string("none"));
+        else if (strcmp(type, "tool") == 0 && name)
+            json_object_set_new(
+                chat, "tool_choice",
+                json_pack("{s:s, s:{s:s}}", "type", "function", "function", "name", name));
     }
     if (!tools || json_is_null(tools))
         return 0;

@@ -326,9 +326,14 @@ json_t *responses_to_chat(const json_t *req, struct proxy_error *err)
     }
     if (tools_to_chat(json_object_get(req, "tools"), chat, err) != 0)
         goto fail;
-    const char *tc = cm_json_str(req, "tool_choice");
-    if (tc)
-        json_object_set_new(chat, "tool_choice", json_string(tc));
+    json_t *tc = json_object_get(req, "tool_choice");
+    const char *tc_name = cm_json_str(tc, "name");
+    if (json_is_string(tc))
+        json_object_set(chat, "tool_choice", tc);
+    else if (tc_name) /* {"type": "function", "name": ...} */
+        json_object_set_new(
+            chat, "tool_choice",
+            json_pack("{s:s, s:{s:s}}", "type", "function", "function", "name", tc_name));
     if (text_format_to_chat(json_object_get(req, "text"), chat, err) != 0)
         goto fail;
     return chat;

@@ -667,6 +667,14 @@ static void responses_request(void)
     CHECK_STR(S(n, "tools.0.function.name"), "f");
     chat_request_deinit(&req);
 
+    n = responses_native("{\"model\":\"m\",\"input\":\"x\",\"tool_choice\":{\"type\":"
+                         "\"function\",\"name\":\"g\"},\"tools\":[{\"type\":\"function\","
+                         "\"name\":\"f\"},{\"type\":\"function\",\"name\":\"g\"}]}",
+                         &req);
+    CHECK(json_array_size(at(n, "tools")) == 1);
+    CHECK_STR(S(n, "tools.0.function.name"), "g");
+    chat_request_deinit(&req);
+
     n = responses_native("{\"model\":\"m\",\"input\":\"just text\",\"store\":false}", &req);
     CHECK_STR(S(n, "messages.0.role"), "user");
     CHECK_STR(S(n, "messages.0.content"), "just text");
@@ -817,6 +825,16 @@ static void messages_request(void)
     CHECK(I(n, "options.top_k") == 5);
     CHECK_STR(S(n, "options.stop.0"), "X");
     CHECK_STR(S(n, "tools.0.function.name"), "f");
+    chat_request_deinit(&req);
+
+    in = J("{\"model\":\"m\",\"max_tokens\":5,\"tool_choice\":{\"type\":\"tool\",\"name\":"
+           "\"g\"},\"tools\":[{\"name\":\"f\",\"input_schema\":{}},{\"name\":\"g\","
+           "\"input_schema\":{}}],\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}");
+    CHECK(messages_request_translate(in, &req, &err) == 0);
+    json_decref(in);
+    CHECK(json_array_size(at(req.native, "tools")) == 1);
+    CHECK_STR(S(req.native, "tools.0.function.name"), "g");
+    CHECK(json_is_false(at(req.native, "think")));
     chat_request_deinit(&req);
 
     messages_err("{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}", 400,
