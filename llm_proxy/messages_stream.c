@@ -5,6 +5,8 @@
 #include "cm_alloc.h"
 #include "cm_json.h"
 
+#include <event2/buffer.h>
+
 #include <stdlib.h>
 #include <string.h>
 
@@ -17,7 +19,7 @@ struct messages_stream {
     const char *stop_reason;
     struct chat_usage usage;
     enum block_kind open;
-    char *text; /* the open block's text so far */
+    struct evbuffer *text; /* the open item's text so far */
 };
 
 struct messages_stream *messages_stream_new(const char *model)
@@ -34,7 +36,8 @@ void messages_stream_free(struct messages_stream *ms)
     if (!ms)
         return;
     free(ms->model);
-    free(ms->text);
+    if (ms->text)
+        evbuffer_free(ms->text);
     json_decref(ms->content);
     free(ms);
 }
@@ -78,6 +81,20 @@ static json_t *text_block(enum block_kind kind, const char *text)
     return json_pack("{s:s, s:s}", "type", "text", "text", text);
 }
 
+/* The buffer's text as a C string (caller frees); frees the buffer. */
+static char *take_text(struct evbuffer **buf)
+{
+    size_t len = *buf ? evbuffer_get_length(*buf) : 0;
+    char *t = cm_xmalloc(len + 1);
+    if (*buf) {
+        evbuffer_remove(*buf, t, len);
+        evbuffer_free(*buf);
+        *buf = NULL;
+    }
+    t[len] = '\0';
+    return t;
+}
+
 static void close_block(struct messages_stream *ms, json_t *events)
 {
     if (ms->open == BLOCK_NONE)
@@ -89,10 +106,10 @@ static void close_block(struct messages_stream *ms, json_t *events)
                             json_pack("{s:s, s:s}", "type", "signature_delta", "signature", ""));
     }
     block_event(ms, events, "content_block_stop");
-    json_array_append_new(ms->content, text_block(ms->open, ms->text ? ms->text : ""));
+    char *text = take_text(&ms->text);
+    json_array_append_new(ms->content, text_block(ms->open, text));
+    free(text);
     ms->open = BLOCK_NONE;
-    free(ms->text);
-    ms->text = NULL;
 }
 
 static void add_text(struct messages_stream *ms, enum block_kind kind, const char *delta,
@@ -103,13 +120,11 @@ static void add_text(struct messages_stream *ms, enum block_kind kind, const cha
     if (ms->open != kind) {
         close_block(ms, events);
         ms->open = kind;
-        ms->text = cm_xstrdup("");
+        ms->text = evbuffer_new();
         json_t *ev = block_event(ms, events, "content_block_start");
         json_object_set_new(ev, "content_block", text_block(kind, ""));
     }
-    char *t = cm_xasprintf("%s%s", ms->text, delta);
-    free(ms->text);
-    ms->text = t;
+    evbuffer_add(ms->text, delta, strlen(delta));
     json_t *ev = block_event(ms, events, "content_block_delta");
     if (kind == BLOCK_THINKING)
         json_object_set_new(ev, "delta",

@@ -5,6 +5,8 @@
 #include "cm_alloc.h"
 #include "cm_json.h"
 
+#include <event2/buffer.h>
+
 #include <stdlib.h>
 #include <string.h>
 
@@ -23,7 +25,7 @@ struct responses_stream {
     long long seq;
     enum item_kind open; /* the item being streamed */
     char item_id[48];
-    char *text; /* its text so far */
+    struct evbuffer *text; /* the open item's text so far */
 };
 
 struct responses_stream *responses_stream_new(const char *model, const json_t *echo,
@@ -47,7 +49,8 @@ void responses_stream_free(struct responses_stream *rs)
     if (!rs)
         return;
     free(rs->model);
-    free(rs->text);
+    if (rs->text)
+        evbuffer_free(rs->text);
     json_decref(rs->echo);
     json_decref(rs->output);
     json_decref(rs->error);
@@ -130,11 +133,25 @@ static json_t *message_item(const struct responses_stream *rs, const char *statu
                      status, "role", "assistant", "content", content);
 }
 
+/* The buffer's text as a C string (caller frees); frees the buffer. */
+static char *take_text(struct evbuffer **buf)
+{
+    size_t len = *buf ? evbuffer_get_length(*buf) : 0;
+    char *t = cm_xmalloc(len + 1);
+    if (*buf) {
+        evbuffer_remove(*buf, t, len);
+        evbuffer_free(*buf);
+        *buf = NULL;
+    }
+    t[len] = '\0';
+    return t;
+}
+
 static void close_item(struct responses_stream *rs, json_t *events)
 {
     if (rs->open == ITEM_NONE)
         return;
-    const char *text = rs->text ? rs->text : "";
+    char *text = take_text(&rs->text);
     json_t *item;
     if (rs->open == ITEM_REASONING) {
         json_t *ev = item_event(rs, events, "response.reasoning_summary_text.done");
@@ -160,8 +177,7 @@ static void close_item(struct responses_stream *rs, json_t *events)
     json_object_set(ev, "item", item);
     json_array_append_new(rs->output, item);
     rs->open = ITEM_NONE;
-    free(rs->text);
-    rs->text = NULL;
+    free(text);
 }
 
 static void open_item(struct responses_stream *rs, enum item_kind kind, json_t *events)
@@ -170,7 +186,7 @@ static void open_item(struct responses_stream *rs, enum item_kind kind, json_t *
         return;
     close_item(rs, events);
     rs->open = kind;
-    rs->text = cm_xstrdup("");
+    rs->text = evbuffer_new();
     chat_new_prefixed_id(rs->item_id, sizeof rs->item_id, kind == ITEM_REASONING ? "rs_" : "msg_");
     json_t *ev = event(rs, events, "response.output_item.added");
     json_object_set_new(ev, "output_index", json_integer((json_int_t)json_array_size(rs->output)));
@@ -194,9 +210,7 @@ static void add_text(struct responses_stream *rs, enum item_kind kind, const cha
     if (!delta || !*delta)
         return;
     open_item(rs, kind, events);
-    char *t = cm_xasprintf("%s%s", rs->text, delta);
-    free(rs->text);
-    rs->text = t;
+    evbuffer_add(rs->text, delta, strlen(delta));
     json_t *ev;
     if (kind == ITEM_REASONING) {
         ev = item_event(rs, events, "response.reasoning_summary_text.delta");
