@@ -180,6 +180,24 @@ test('AI SDK openai(model): tools', async () => {
   assert.equal(r.toolResults[0].output, '12:00');
 });
 
+test('AI SDK openai(model): streamText with a tool call', async () => {
+  let got = null;
+  const r = streamText({
+    model: openai('qwen3:8b'), prompt: 'stream a call',
+    tools: {
+      get_time: tool({
+        description: 'Current time', inputSchema: jsonSchema({ type: 'object', properties: { tz: { type: 'string' } } }),
+        execute: async (args) => { got = args; return '12:00'; },
+      }),
+    },
+  });
+  const parts = [];
+  for await (const p of r.fullStream) parts.push(p.type);
+  assert.deepEqual(got, { tz: 'UTC' });
+  assert.ok(parts.includes('tool-call') && parts.includes('tool-result'), parts.join(','));
+  assert.equal(await r.finishReason, 'tool-calls');
+});
+
 test('AI SDK openai(model): a multi-step tool loop (defaults: reasoning sent back as item_reference)', async () => {
   const r = await generateText({
     model: openai('qwen3:8b'), prompt: 'what time now?', stopWhen: stepCountIs(3),
