@@ -99,6 +99,7 @@ test('messages.stream: text with thinking, event order, final message', async ()
   assert.deepEqual(final.content.map((b) => b.type), ['thinking', 'text']);
   assert.equal(final.stop_reason, 'end_turn');
   assert.ok(final.usage.output_tokens > 0);
+  assert.ok(final.usage.input_tokens > 0, 'input tokens arrive with message_delta');
   assert.equal(types[0], 'message_start');
   assert.equal(types[1], 'content_block_start');
   assert.deepEqual(types.slice(-2), ['message_delta', 'message_stop']);
