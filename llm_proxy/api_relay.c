@@ -1,5 +1,4 @@
-/* api_relay: SSE / buffered sink of chat_upstream for the Responses and
- * Messages APIs (see api_relay.h). */
+/* api_relay: SSE / buffered sink of chat_upstream (see api_relay.h). */
 #include "api_relay.h"
 
 #include "chat_upstream.h"
@@ -52,7 +51,9 @@ static void relay_write_events(struct api_relay *a, json_t *events)
     json_array_foreach(events, i, ev)
     {
         const char *type = cm_json_str(ev, "type");
-        evbuffer_add_printf(a->out, "event: %s\ndata: ", type ? type : "message");
+        if (a->ops->named_events)
+            evbuffer_add_printf(a->out, "event: %s\n", type ? type : "message");
+        evbuffer_add(a->out, "data: ", 6);
         cm_json_to_evbuffer(ev, a->out);
         evbuffer_add(a->out, "\n\n", 2);
     }
@@ -102,6 +103,8 @@ static void sink_done(void *arg, const char *finish_reason, const struct chat_us
     if (a->stream) {
         relay_begin(a);
         relay_write_events(a, events);
+        if (a->ops->end_marker)
+            evbuffer_add(a->out, a->ops->end_marker, strlen(a->ops->end_marker));
         relay_flush(a);
         cm_req_stream_end(a->r);
     } else {

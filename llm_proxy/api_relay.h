@@ -1,7 +1,7 @@
 /*
- * api_relay: the chat_upstream sink shared by the Responses API and the
- * Messages API handlers. The upstream transfer's chat.completion.chunk
- * objects go to a wire-format converter (responses_stream.c,
+ * api_relay: the chat_upstream SSE/JSON sink shared by the HTTP handlers of
+ * chat completions (streams), the Responses API and the Messages API. The upstream transfer's
+ * chat.completion.chunk objects go to a wire-format converter (responses_stream.c,
  * messages_stream.c), which turns them into that API's events; the relay
  * writes the events as SSE ("event: <type>\ndata: <json>") when the client
  * asked for a stream, or replies with the converter's final object once the
@@ -43,6 +43,11 @@ struct api_relay_ops {
     /* What a keepalive tick writes while the upstream is silent: an SSE
      * event object (new reference) or NULL for an SSE comment. */
     json_t *(*ping)(void *conv);
+    /* 1: each event is "event: <its type>\ndata: <json>"; 0: "data: <json>"
+     * only (chat completions). */
+    int named_events;
+    /* Written after the done events, or NULL ("data: [DONE]\n\n" for chat). */
+    const char *end_marker;
 };
 
 /* Starts the upstream transfer for req and relays it to r. */

@@ -66,7 +66,8 @@ static const struct api_relay_ops messages_ops = {.start = conv_start,
                                                   .result = conv_result,
                                                   .reply_error = messages_reply_error,
                                                   .free = conv_free,
-                                                  .ping = conv_ping};
+                                                  .ping = conv_ping,
+                                                  .named_events = 1};
 
 void messages_handle(struct cm_req *r, void *arg)
 {

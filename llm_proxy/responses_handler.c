@@ -50,7 +50,8 @@ static const struct api_relay_ops responses_ops = {.start = conv_start,
                                                    .result = conv_result,
                                                    .reply_error = proxy_reply_error,
                                                    .free = conv_free,
-                                                   .ping = NULL};
+                                                   .ping = NULL,
+                                                   .named_events = 1};
 
 void responses_handle(struct cm_req *r, void *arg)
 {
