@@ -21,12 +21,9 @@
 
 #include "cm_alloc.h"
 #include "cm_json.h"
-#include "cm_log.h"
 
 #include <event2/buffer.h>
-#include <event2/event.h>
 #include <stdlib.h>
-#include <string.h>
 #include <time.h>
 
 /* ------------------------------------------------------------ non-stream */
