@@ -4,7 +4,7 @@
 import assert from 'node:assert/strict';
 import OpenAI from 'openai';
 import { createOpenAI } from '@ai-sdk/openai';
-import { generateText, streamText, tool, jsonSchema, stepCountIs } from 'ai';
+import { generateObject, generateText, streamText, tool, jsonSchema, stepCountIs } from 'ai';
 import { after, before, test } from 'node:test';
 import { startDouble, startProxy, postJson, assertOpenAIError } from './harness.mjs';
 
@@ -196,6 +196,13 @@ test('AI SDK openai(model): streamText with a tool call', async () => {
   assert.deepEqual(got, { tz: 'UTC' });
   assert.ok(parts.includes('tool-call') && parts.includes('tool-result'), parts.join(','));
   assert.equal(await r.finishReason, 'tool-calls');
+});
+
+test('AI SDK openai(model): generateObject (json_schema text format)', async () => {
+  const schema = { type: 'object', properties: { echo: { type: 'string' } }, required: ['echo'], additionalProperties: false };
+  const r = await generateObject({ model: openai('qwen3:8b'), schema: jsonSchema(schema), prompt: 'an object @json' });
+  assert.deepEqual(r.object, { echo: 'an object' });
+  assert.equal((await double.last('/api/chat')).body.format.type, 'object');
 });
 
 test('AI SDK openai(model): a multi-step tool loop (defaults: reasoning sent back as item_reference)', async () => {
