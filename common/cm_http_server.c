@@ -425,7 +425,36 @@ void cm_req_reply_error(struct cm_req *r, int status, const char *type, const ch
         type = cm_oai_error_type(status);
     if (status >= 500 || status == 429)
         CM_WARN(r->id, "request_error", "status=%d type=%s message=%s", status, type, message);
+    if (r->route && (r->route->flags & CM_ROUTE_ANTHROPIC)) {
+        cm_req_reply_json(r, status,
+                          json_pack("{s:s, s:{s:s, s:s}}", "type", "error", "error", "type",
+                                    cm_anthropic_error_type(status), "message", message));
+        return;
+    }
     cm_req_reply_json(r, status, cm_oai_error(message, type, param, code));
+}
+
+const char *cm_anthropic_error_type(int status)
+{
+    switch (status) {
+    case 400:
+        return "invalid_request_error";
+    case 401:
+        return "authentication_error";
+    case 403:
+        return "permission_error";
+    case 404:
+        return "not_found_error";
+    case 413:
+        return "request_too_large";
+    case 429:
+        return "rate_limit_error";
+    case 503:
+    case 529:
+        return "overloaded_error";
+    default:
+        return status >= 400 && status < 500 ? "invalid_request_error" : "api_error";
+    }
 }
 
 void cm_req_on_abort(struct cm_req *r, cm_req_abort_cb cb, void *arg)
@@ -758,6 +787,8 @@ static int check_api_key(struct cm_http_server *srv, struct cm_req *r, unsigned 
         key = auth + 7;
         while (*key == ' ')
             key++;
+    } else if (flags & CM_ROUTE_AUTH_XKEY) {
+        key = cm_req_header(r, "x-api-key");
     } else if (flags & CM_ROUTE_AUTH_QUERY) {
         key = cm_req_query(r, "api_key");
     }

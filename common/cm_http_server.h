@@ -52,6 +52,10 @@ enum {
                                         (browsers cannot set headers on a WebSocket) */
     CM_ROUTE_STRICT_ORIGIN = 1 << 4, /* refuse a disallowed Origin on every method, GET
                                         included (a WebSocket upgrade has no preflight) */
+    CM_ROUTE_AUTH_XKEY = 1 << 5,     /* with AUTH: the key may also come as "x-api-key: KEY"
+                                        (Anthropic's clients) */
+    CM_ROUTE_ANTHROPIC = 1 << 6,     /* errors replied on this route (cm_req_reply_error:
+                                        401, 403, 503 ...) in Anthropic's shape */
 };
 
 typedef void (*cm_route_cb)(struct cm_req *r, void *arg);
@@ -72,7 +76,8 @@ struct cm_origin_policy;
  * can change state (anything but GET, HEAD and OPTIONS) or its route is
  * CM_ROUTE_STRICT_ORIGIN. The API key is checked after the origin, by one
  * check for every route: "Authorization: Bearer KEY" (spaces after Bearer
- * ignored), or ?api_key=KEY on CM_ROUTE_AUTH_QUERY routes.
+ * ignored), or ?api_key=KEY on CM_ROUTE_AUTH_QUERY routes, or
+ * "x-api-key: KEY" on CM_ROUTE_AUTH_XKEY routes.
  *
  * With a policy, the server also speaks CORS (cm_cors.h): a preflight to a
  * known path is answered 204 before the origin-on-route and API-key checks
@@ -169,6 +174,8 @@ void cm_req_reply_overloaded(struct cm_req *r);
 /* Adds a response header (before the reply starts). Returns 0 or -1 (CR/LF). */
 int cm_req_add_header(struct cm_req *r, const char *name, const char *value);
 void cm_req_reply_json(struct cm_req *r, int status, json_t *body);
+/* Anthropic's error type for an HTTP status (static string). */
+const char *cm_anthropic_error_type(int status);
 void cm_req_reply_error(struct cm_req *r, int status, const char *type, const char *message,
                         const char *param, const char *code);
 void cm_req_reply_text(struct cm_req *r, int status, const char *content_type, const char *data,

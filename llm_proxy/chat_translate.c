@@ -48,9 +48,14 @@ static void random_chars(char *out, size_t n)
 
 void chat_new_id(char *buf, size_t len)
 {
+    chat_new_prefixed_id(buf, len, "chatcmpl-");
+}
+
+void chat_new_prefixed_id(char *buf, size_t len, const char *prefix)
+{
     char r[25];
     random_chars(r, 24);
-    snprintf(buf, len, "chatcmpl-%s", r);
+    snprintf(buf, len, "%s%s", prefix, r);
 }
 
 static void new_call_id(char *buf, size_t len)
@@ -672,7 +677,8 @@ static int translate_request(const json_t *oai, const char *s, size_t ma, size_t
     } numeric[] = {{"temperature", "temperature", 0, 2},
                    {"top_p", "top_p", 0, 1},
                    {"frequency_penalty", "frequency_penalty", -2, 2},
-                   {"presence_penalty", "presence_penalty", -2, 2}};
+                   {"presence_penalty", "presence_penalty", -2, 2},
+                   {"top_k", "top_k", 0, 1e9}};
     for (size_t i = 0; i < sizeof numeric / sizeof numeric[0]; i++) {
         json_t *v = json_object_get(oai, numeric[i].name);
         if (!v || json_is_null(v))
@@ -717,8 +723,19 @@ static int translate_request(const json_t *oai, const char *s, size_t ma, size_t
                 goto fail;
             }
         }
-        if (json_array_size(tools) && !(tool_choice && strcmp(tool_choice, "none") == 0))
-            json_object_set(native, "tools", tools);
+        /* Ollama cannot force a call; a named tool_choice at least leaves
+         * the model only that tool. */
+        const char *only =
+            cm_json_str(json_object_get(json_object_get(oai, "tool_choice"), "function"), "name");
+        json_t *sent = json_array();
+        json_array_foreach(tools, ti, t)
+        {
+            if (!only || strcmp(only, cm_json_str(json_object_get(t, "function"), "name")) == 0)
+                json_array_append(sent, t);
+        }
+        if (json_array_size(sent) && !(tool_choice && strcmp(tool_choice, "none") == 0))
+            json_object_set(native, "tools", sent);
+        json_decref(sent);
     }
     json_t *keep_alive = json_object_get(oai, "keep_alive");
     if (keep_alive && !json_is_null(keep_alive)) {
@@ -750,6 +767,21 @@ fail:
 int chat_request_translate(const json_t *oai, struct chat_request *out, struct proxy_error *err)
 {
     return translate_request(oai, NULL, 0, 0, out, err);
+}
+
+json_t *chat_parse_body(const char *s, size_t len, struct proxy_error *err)
+{
+    if (len == 0) {
+        parse_error(err, "the body is empty");
+        return NULL;
+    }
+    json_t *v = parse_slice(s, 0, len, err);
+    if (v && !json_is_object(v)) {
+        json_decref(v);
+        proxy_error_set(err, 400, NULL, NULL, "The request body must be a JSON object.");
+        return NULL;
+    }
+    return v;
 }
 
 int chat_request_translate_text(const char *s, size_t len, struct chat_request *out,

@@ -1,6 +1,10 @@
 /*
  * chat_translate: OpenAI chat completions <-> Ollama native /api/chat.
  *
+ * This is the one translation core: the Responses API (responses_translate.c)
+ * and the Messages API (messages_translate.c) rewrite their requests into
+ * this chat-completions form and their replies from its chunks.
+ *
  * Pure functions on jansson values, no I/O (unit-tested directly). Field
  * mappings follow ../shared/upstream-api.md §1-§2 and are summarised in
  * README.md. Thinking never lands in content: native message.thinking and a
@@ -41,6 +45,13 @@ int chat_request_translate(const json_t *oai, struct chat_request *out, struct p
  */
 int chat_request_translate_text(const char *text, size_t len, struct chat_request *out,
                                 struct proxy_error *err);
+/*
+ * The request body text parsed whole (for the Responses and Messages APIs,
+ * whose translators take a json_t): new reference, or NULL with err set
+ * (400 not JSON / not an object; 503 "overloaded" when its parsed form does
+ * not fit in the memory budget, as above).
+ */
+json_t *chat_parse_body(const char *text, size_t len, struct proxy_error *err);
 /* The native /api/chat body as JSON text (*len bytes, NUL-terminated);
  * caller frees. */
 char *chat_request_body(const struct chat_request *req, size_t *len);
@@ -50,6 +61,8 @@ void chat_request_deinit(struct chat_request *req);
 
 /* "chatcmpl-" + 24 random characters; buf >= 40 bytes. */
 void chat_new_id(char *buf, size_t len);
+/* prefix + 24 random characters ("resp_", "msg_", "toolu_"...). */
+void chat_new_prefixed_id(char *buf, size_t len, const char *prefix);
 
 struct chat_usage {
     long long prompt_tokens;

@@ -7,6 +7,7 @@
  *   requests (at most SHUTDOWN_GRACE) -> close everything -> exit 0.
  * A second signal exits at once.
  */
+#include "api_handlers.h"
 #include "chat_policy.h"
 #include "proxy.h"
 
@@ -186,6 +187,11 @@ static void setup_routes(struct proxy *px)
     struct cm_http_server *s = px->srv;
     cm_http_server_route(s, CM_POST, "/v1/chat/completions", CM_ROUTE_AUTH, "chat_completions",
                          chat_handle, px);
+    cm_http_server_route(s, CM_POST, "/v1/responses", CM_ROUTE_AUTH, "responses", responses_handle,
+                         px);
+    cm_http_server_route(s, CM_POST, "/v1/messages",
+                         CM_ROUTE_AUTH | CM_ROUTE_AUTH_XKEY | CM_ROUTE_ANTHROPIC, "messages",
+                         messages_handle, px);
     cm_http_server_route(s, CM_POST, "/v1/embeddings", CM_ROUTE_AUTH, "embeddings", embed_handle,
                          px);
     cm_http_server_route(s, CM_GET, "/v1/models", CM_ROUTE_AUTH, "models", models_handle_list, px);

@@ -1,6 +1,7 @@
 /* proxy_error: see proxy_error.h. */
 #include "proxy_error.h"
 
+#include "cm_http_server.h"
 #include "cm_json.h"
 
 #include <stdarg.h>
@@ -28,4 +29,15 @@ const char *proxy_require_model(const json_t *oai, struct proxy_error *err)
         return NULL;
     }
     return model;
+}
+
+const char *proxy_error_anthropic_type(int status)
+{
+    return cm_anthropic_error_type(status);
+}
+
+json_t *proxy_error_anthropic_json(const struct proxy_error *e)
+{
+    return json_pack("{s:s, s:{s:s, s:s}}", "type", "error", "error", "type",
+                     proxy_error_anthropic_type(e->status), "message", e->message);
 }

@@ -21,6 +21,8 @@
  *   @orphan-think    content starts with reasoning and a lone </think>
  *   @slow=MS         (non-stream) answer after MS
  *   @float-overflow  (embeddings, first input) a vector value of 1e39
+ *   @json            answer {"echo":"<the other words>"} in three pieces
+ *                    (structured-output tests of the Responses API)
  * Models: qwen3:32b, qwen3:8b (thinking), llama3.2:latest (no thinking),
  * qwen3-legacy:latest (inline thinking, like Ollama < 0.9), bge-m3:latest
  * (embedding only). --chat-delay-ms adds latency to every chat answer.
@@ -460,6 +462,29 @@ static long directive_num(const char *text, const char *name, long def)
 }
 
 /* Words of the answer, directives dropped. Returns a JSON array of strings. */
+/* @json: {"echo":"<words without directives>"} as three stream pieces. */
+static json_t *json_answer_words(const char *text)
+{
+    char *copy = cm_xstrdup(text ? text : "");
+    char *joined = cm_xstrdup("");
+    char *save = NULL;
+    for (char *tok = strtok_r(copy, " \t\n", &save); tok; tok = strtok_r(NULL, " \t\n", &save)) {
+        if (tok[0] == '@')
+            continue;
+        char *n = cm_xasprintf("%s%s%s", joined, *joined ? " " : "", tok);
+        free(joined);
+        joined = n;
+    }
+    json_t *str = json_string(joined);
+    char *quoted = str ? json_dumps(str, JSON_ENCODE_ANY) : NULL;
+    json_t *words = json_pack("[s, s, s]", "{\"echo\": ", quoted ? quoted : "\"\"", "}");
+    free(quoted);
+    json_decref(str);
+    free(joined);
+    free(copy);
+    return words;
+}
+
 static json_t *answer_words(const char *text, long nwords, long pad)
 {
     json_t *words = json_array();
@@ -631,8 +656,9 @@ static void handle_chat(struct cm_req *r, void *arg)
     int separated = mi->thinking && !json_is_false(think);
     int inline_th = mi->inline_th || strstr(text, "@inline-think") != NULL;
     long num_predict = cm_json_int(options, "num_predict", -1);
-    json_t *words =
-        answer_words(text, directive_num(text, "@words=", 0), directive_num(text, "@pad=", 0));
+    json_t *words = strstr(text, "@json") ? json_answer_words(text)
+                                          : answer_words(text, directive_num(text, "@words=", 0),
+                                                         directive_num(text, "@pad=", 0));
     json_t *lines = json_array();
     if (separated) {
         json_array_append_new(lines, line_new(model, "", "The user"));

@@ -1,9 +1,14 @@
 /* Unit tests of llm_proxy's translation: requests, responses, stream lines. */
 #include "chat_policy.h"
 #include "chat_translate.h"
+#include "cm_alloc.h"
 #include "cm_json.h"
 #include "embed_translate.h"
+#include "messages_stream.h"
+#include "messages_translate.h"
 #include "models_translate.h"
+#include "responses_stream.h"
+#include "responses_translate.h"
 #include "unit.h"
 
 #include <float.h>
@@ -603,7 +608,312 @@ static void models(void)
     json_decref(tags);
 }
 
+/* ------------------------------------------------------------ Responses API */
+
+static json_t *responses_native(const char *text, struct chat_request *req)
+{
+    json_t *in = J(text);
+    struct proxy_error err = {0};
+    int rc = responses_request_translate(in, req, NULL, &err);
+    json_decref(in);
+    if (rc != 0)
+        fprintf(stderr, "unexpected error: %s\n", err.message);
+    CHECK(rc == 0);
+    return rc == 0 ? req->native : NULL;
+}
+
+static void responses_err(const char *text, int status, const char *param)
+{
+    json_t *in = J(text);
+    struct chat_request req;
+    struct proxy_error err = {0};
+    CHECK(responses_request_translate(in, &req, NULL, &err) == -1);
+    CHECK(err.status == status);
+    CHECK_STR(err.param, param);
+    json_decref(in);
+}
+
+static void responses_request(void)
+{
+    struct chat_request req;
+    json_t *n = responses_native(
+        "{\"model\":\"m\",\"instructions\":\"sys\",\"max_output_tokens\":9,\"temperature\":0.3,"
+        "\"top_p\":0.9,\"reasoning\":{\"effort\":\"high\"},\"stream\":true,"
+        "\"text\":{\"format\":{\"type\":\"json_schema\",\"name\":\"t\",\"schema\":{\"type\":"
+        "\"object\"}}},\"tools\":[{\"type\":\"function\",\"name\":\"f\",\"parameters\":{\"type\":"
+        "\"object\"}}],\"input\":[{\"role\":\"user\",\"content\":[{\"type\":\"input_text\","
+        "\"text\":\"hi\"},{\"type\":\"input_image\",\"image_url\":\"data:image/"
+        "png;base64,QUJD\"}]},"
+        "{\"type\":\"reasoning\",\"summary\":[{\"type\":\"summary_text\",\"text\":\"hmm\"}]},"
+        "{\"type\":\"function_call\",\"call_id\":\"c1\",\"name\":\"f\",\"arguments\":\"{\\\"a\\\":"
+        "1}\"},"
+        "{\"type\":\"function_call_output\",\"call_id\":\"c1\",\"output\":\"42\"}]}",
+        &req);
+    CHECK(req.stream == 1);
+    CHECK_STR(S(n, "messages.0.role"), "system");
+    CHECK_STR(S(n, "messages.0.content"), "sys");
+    CHECK_STR(S(n, "messages.1.content"), "hi");
+    CHECK_STR(S(n, "messages.1.images.0"), "QUJD");
+    CHECK_STR(S(n, "messages.2.role"), "assistant");
+    CHECK_STR(S(n, "messages.2.thinking"), "hmm");
+    CHECK_STR(S(n, "messages.2.tool_calls.0.function.name"), "f");
+    CHECK(I(n, "messages.2.tool_calls.0.function.arguments.a") == 1);
+    CHECK_STR(S(n, "messages.3.role"), "tool");
+    CHECK_STR(S(n, "messages.3.tool_name"), "f");
+    CHECK_STR(S(n, "messages.3.content"), "42");
+    CHECK(I(n, "options.num_predict") == 9);
+    CHECK_STR(S(n, "think"), "high");
+    CHECK_STR(S(n, "format.type"), "object");
+    CHECK_STR(S(n, "tools.0.function.name"), "f");
+    chat_request_deinit(&req);
+
+    n = responses_native("{\"model\":\"m\",\"input\":\"x\",\"tool_choice\":{\"type\":"
+                         "\"function\",\"name\":\"g\"},\"tools\":[{\"type\":\"function\","
+                         "\"name\":\"f\"},{\"type\":\"function\",\"name\":\"g\"}]}",
+                         &req);
+    CHECK(json_array_size(at(n, "tools")) == 1);
+    CHECK_STR(S(n, "tools.0.function.name"), "g");
+    chat_request_deinit(&req);
+
+    n = responses_native("{\"model\":\"m\",\"input\":\"just text\",\"store\":false}", &req);
+    CHECK_STR(S(n, "messages.0.role"), "user");
+    CHECK_STR(S(n, "messages.0.content"), "just text");
+    chat_request_deinit(&req);
+
+    responses_err("{\"model\":\"m\",\"input\":\"x\",\"previous_response_id\":\"resp_1\"}", 400,
+                  "previous_response_id");
+    responses_err("{\"model\":\"m\",\"input\":\"x\",\"store\":true}", 400, "store");
+    responses_err("{\"input\":\"x\"}", 400, "model");
+    responses_err("{\"model\":\"m\"}", 400, "input");
+    responses_err("{\"model\":\"m\",\"input\":5}", 400, "input");
+    responses_err("{\"model\":\"m\",\"input\":[{\"type\":\"item_reference\",\"id\":\"x\"}]}", 400,
+                  "input[0]");
+    n = responses_native("{\"model\":\"m\",\"input\":[{\"type\":\"item_reference\",\"id\":"
+                         "\"rs_1\"},{\"role\":\"user\",\"content\":\"u\"}]}",
+                         &req);
+    CHECK(json_array_size(at(n, "messages")) == 1);
+    CHECK_STR(S(n, "messages.0.content"), "u");
+    chat_request_deinit(&req);
+    responses_err("{\"model\":\"m\",\"input\":[{\"role\":\"tool\",\"content\":\"x\"}]}", 400,
+                  "input[0].role");
+    responses_err("{\"model\":\"m\",\"input\":\"x\",\"tools\":[{\"type\":\"web_search\"}]}", 400,
+                  "tools[0]");
+    responses_err("{\"model\":\"m\",\"input\":\"x\",\"max_output_tokens\":0}", 400,
+                  "max_output_tokens");
+    responses_err("{\"model\":\"m\",\"input\":[{\"role\":\"user\",\"content\":[{\"type\":"
+                  "\"input_image\",\"file_id\":\"f\"}]}]}",
+                  400, "input[0].content[0]");
+}
+
+static json_t *chunk_of(const char *delta_json)
+{
+    char *t = cm_xasprintf("{\"choices\":[{\"index\":0,\"delta\":%s}]}", delta_json);
+    json_t *c = J(t);
+    free(t);
+    return c;
+}
+
+static void responses_events(void)
+{
+    struct responses_stream *rs = responses_stream_new("m", NULL, 1);
+    json_t *ev = json_array();
+    responses_stream_start(rs, ev);
+    const char *deltas[] = {"{\"role\":\"assistant\",\"reasoning_content\":\"think\"}",
+                            "{\"content\":\"Hel\"}", "{\"content\":\"lo\"}",
+                            ("{\"tool_calls\":[{\"index\":0,\"id\":\"call_1\",\"type\":"
+                             "\"function\",\"function\":{\"name\":\"f\",\"arguments\":\"{}\"}}]}")};
+    for (size_t i = 0; i < 4; i++) {
+        json_t *c = chunk_of(deltas[i]);
+        responses_stream_chunk(rs, c, ev);
+        json_decref(c);
+    }
+    struct chat_usage u = {3, 4};
+    responses_stream_done(rs, "tool_calls", &u, ev);
+    static const char *want[] = {"response.created",
+                                 "response.in_progress",
+                                 "response.output_item.added",
+                                 "response.reasoning_summary_part.added",
+                                 "response.reasoning_summary_text.delta",
+                                 "response.reasoning_summary_text.done",
+                                 "response.reasoning_summary_part.done",
+                                 "response.output_item.done",
+                                 "response.output_item.added",
+                                 "response.content_part.added",
+                                 "response.output_text.delta",
+                                 "response.output_text.delta",
+                                 "response.output_text.done",
+                                 "response.content_part.done",
+                                 "response.output_item.done",
+                                 "response.output_item.added",
+                                 "response.function_call_arguments.delta",
+                                 "response.function_call_arguments.done",
+                                 "response.output_item.done",
+                                 "response.completed"};
+    CHECK(json_array_size(ev) == sizeof want / sizeof want[0]);
+    for (size_t i = 0; i < json_array_size(ev) && i < sizeof want / sizeof want[0]; i++) {
+        CHECK_STR(S(json_array_get(ev, i), "type"), want[i]);
+        CHECK(I(json_array_get(ev, i), "sequence_number") == (long long)i);
+    }
+    json_t *r = responses_stream_result(rs);
+    CHECK_STR(S(r, "status"), "completed");
+    CHECK_STR(S(r, "output.0.summary.0.text"), "think");
+    CHECK_STR(S(r, "output.1.content.0.text"), "Hello");
+    CHECK_STR(S(r, "output.2.call_id"), "call_1");
+    CHECK(I(r, "usage.total_tokens") == 7);
+    CHECK(strncmp(S(r, "id"), "resp_", 5) == 0);
+    json_decref(r);
+    json_decref(ev);
+    responses_stream_free(rs);
+
+    rs = responses_stream_new("m", NULL, 1);
+    ev = json_array();
+    struct proxy_error e;
+    proxy_error_set(&e, 502, NULL, "upstream_error", "boom");
+    responses_stream_fail(rs, &e, ev);
+    CHECK_STR(S(ev, "0.type"), "response.failed");
+    CHECK_STR(S(ev, "0.response.error.message"), "boom");
+    CHECK_STR(S(ev, "0.response.status"), "failed");
+    json_decref(ev);
+    responses_stream_free(rs);
+}
+
+/* ------------------------------------------------------------ Messages API */
+
+static void messages_err(const char *text, int status, const char *param)
+{
+    json_t *in = J(text);
+    struct chat_request req;
+    struct proxy_error err = {0};
+    CHECK(messages_request_translate(in, &req, &err) == -1);
+    CHECK(err.status == status);
+    CHECK_STR(err.param, param);
+    json_decref(in);
+}
+
+static void messages_request(void)
+{
+    json_t *in = J(
+        "{\"model\":\"m\",\"max_tokens\":20,\"system\":[{\"type\":\"text\",\"text\":\"s\"}],"
+        "\"top_k\":5,\"stop_sequences\":[\"X\"],\"thinking\":{\"type\":\"enabled\","
+        "\"budget_tokens\":100},\"tools\":[{\"name\":\"f\",\"input_schema\":{\"type\":"
+        "\"object\"}}],\"tool_choice\":{\"type\":\"auto\"},\"messages\":[{\"role\":\"user\","
+        "\"content\":[{\"type\":\"image\",\"source\":{\"type\":\"base64\",\"media_type\":"
+        "\"image/png\",\"data\":\"QUJD\"}},{\"type\":\"text\",\"text\":\"q\"}]},{\"role\":"
+        "\"assistant\",\"content\":[{\"type\":\"thinking\",\"thinking\":\"t\",\"signature\":\"\"},"
+        "{\"type\":\"text\",\"text\":\"a\"},{\"type\":\"tool_use\",\"id\":\"tu1\",\"name\":\"f\","
+        "\"input\":{\"k\":2}}]},{\"role\":\"user\",\"content\":[{\"type\":\"tool_result\","
+        "\"tool_use_id\":\"tu1\",\"content\":[{\"type\":\"text\",\"text\":\"r\"}]},{\"type\":"
+        "\"text\",\"text\":\"next\"}]}]}");
+    struct chat_request req;
+    struct proxy_error err = {0};
+    CHECK(messages_request_translate(in, &req, &err) == 0);
+    json_decref(in);
+    json_t *n = req.native;
+    CHECK_STR(S(n, "messages.0.role"), "system");
+    CHECK_STR(S(n, "messages.0.content"), "s");
+    CHECK_STR(S(n, "messages.1.images.0"), "QUJD");
+    CHECK_STR(S(n, "messages.1.content"), "q");
+    CHECK_STR(S(n, "messages.2.thinking"), "t");
+    CHECK_STR(S(n, "messages.2.content"), "a");
+    CHECK(I(n, "messages.2.tool_calls.0.function.arguments.k") == 2);
+    CHECK_STR(S(n, "messages.3.role"), "tool");
+    CHECK_STR(S(n, "messages.3.tool_name"), "f");
+    CHECK_STR(S(n, "messages.3.content"), "r");
+    CHECK_STR(S(n, "messages.4.content"), "next");
+    CHECK(json_is_true(at(n, "think")));
+    CHECK(I(n, "options.num_predict") == 20);
+    CHECK(I(n, "options.top_k") == 5);
+    CHECK_STR(S(n, "options.stop.0"), "X");
+    CHECK_STR(S(n, "tools.0.function.name"), "f");
+    chat_request_deinit(&req);
+
+    in = J("{\"model\":\"m\",\"max_tokens\":5,\"tool_choice\":{\"type\":\"tool\",\"name\":"
+           "\"g\"},\"tools\":[{\"name\":\"f\",\"input_schema\":{}},{\"name\":\"g\","
+           "\"input_schema\":{}}],\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}");
+    CHECK(messages_request_translate(in, &req, &err) == 0);
+    json_decref(in);
+    CHECK(json_array_size(at(req.native, "tools")) == 1);
+    CHECK_STR(S(req.native, "tools.0.function.name"), "g");
+    CHECK(json_is_false(at(req.native, "think")));
+    chat_request_deinit(&req);
+
+    messages_err("{\"model\":\"m\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}", 400,
+                 "max_tokens");
+    messages_err("{\"max_tokens\":1,\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}", 400,
+                 "model");
+    messages_err("{\"model\":\"m\",\"max_tokens\":1,\"messages\":[]}", 400, "messages");
+    messages_err("{\"model\":\"m\",\"max_tokens\":1,\"messages\":[{\"role\":\"system\","
+                 "\"content\":\"x\"}]}",
+                 400, "messages.0");
+    messages_err("{\"model\":\"m\",\"max_tokens\":1,\"temperature\":1.5,\"messages\":[{\"role\":"
+                 "\"user\",\"content\":\"x\"}]}",
+                 400, "temperature");
+    messages_err("{\"model\":\"m\",\"max_tokens\":1,\"messages\":[{\"role\":\"user\",\"content\":"
+                 "[{\"type\":\"image\",\"source\":{\"type\":\"url\",\"url\":\"http://x\"}}]}]}",
+                 400, "messages.0.content.0");
+    messages_err("{\"model\":\"m\",\"max_tokens\":1,\"tools\":[{\"type\":\"web_search_20250305\","
+                 "\"name\":\"web_search\"}],\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}",
+                 400, "tools");
+    messages_err("{\"model\":\"m\",\"max_tokens\":1,\"thinking\":{\"type\":\"enabled\"},"
+                 "\"messages\":[{\"role\":\"user\",\"content\":\"x\"}]}",
+                 400, "thinking");
+}
+
+static void messages_events(void)
+{
+    struct messages_stream *ms = messages_stream_new("m");
+    json_t *ev = json_array();
+    messages_stream_start(ms, ev);
+    const char *deltas[] = {"{\"reasoning_content\":\"th\"}", "{\"content\":\"A\"}",
+                            "{\"content\":\"B\"}",
+                            ("{\"tool_calls\":[{\"index\":0,\"id\":\"call_1\",\"type\":"
+                             "\"function\",\"function\":{\"name\":\"f\",\"arguments\":"
+                             "\"{\\\"x\\\":1}\"}}]}")};
+    for (size_t i = 0; i < 4; i++) {
+        json_t *c = chunk_of(deltas[i]);
+        messages_stream_chunk(ms, c, ev);
+        json_decref(c);
+    }
+    struct chat_usage u = {3, 4};
+    messages_stream_done(ms, "tool_calls", &u, ev);
+    static const char *want[] = {
+        "message_start",      "content_block_start", "content_block_delta", "content_block_delta",
+        "content_block_stop", "content_block_start", "content_block_delta", "content_block_delta",
+        "content_block_stop", "content_block_start", "content_block_delta", "content_block_stop",
+        "message_delta",      "message_stop"};
+    CHECK(json_array_size(ev) == sizeof want / sizeof want[0]);
+    for (size_t i = 0; i < json_array_size(ev) && i < sizeof want / sizeof want[0]; i++)
+        CHECK_STR(S(json_array_get(ev, i), "type"), want[i]);
+    CHECK_STR(S(ev, "2.delta.type"), "thinking_delta");
+    CHECK_STR(S(ev, "3.delta.type"), "signature_delta");
+    CHECK(I(ev, "5.index") == 1);
+    CHECK_STR(S(ev, "10.delta.partial_json"), "{\"x\":1}");
+    CHECK_STR(S(ev, "12.delta.stop_reason"), "tool_use");
+    CHECK(I(ev, "12.usage.output_tokens") == 4);
+    json_t *m = messages_stream_result(ms);
+    CHECK_STR(S(m, "content.0.thinking"), "th");
+    CHECK_STR(S(m, "content.1.text"), "AB");
+    CHECK(I(m, "content.2.input.x") == 1);
+    CHECK_STR(S(m, "stop_reason"), "tool_use");
+    CHECK(I(m, "usage.input_tokens") == 3);
+    json_decref(m);
+    json_decref(ev);
+    messages_stream_free(ms);
+
+    struct proxy_error e;
+    proxy_error_set(&e, 404, "model", NULL, "no such model");
+    json_t *j = proxy_error_anthropic_json(&e);
+    CHECK_STR(S(j, "type"), "error");
+    CHECK_STR(S(j, "error.type"), "not_found_error");
+    CHECK_STR(S(j, "error.message"), "no such model");
+    json_decref(j);
+    CHECK_STR(proxy_error_anthropic_type(401), "authentication_error");
+    CHECK_STR(proxy_error_anthropic_type(429), "rate_limit_error");
+    CHECK_STR(proxy_error_anthropic_type(502), "api_error");
+}
+
 UNIT_MAIN(T(request_basic_mapping), T(request_ollama_controls), T(request_response_format),
           T(request_tools_and_images), T(request_errors), T(response_non_stream), T(stream_lines),
           T(stream_inline_think_and_tools), T(stream_error_line), T(embeddings), T(models),
-          T(request_policy), T(embeddings_upstream_numbers), T(request_text_path_matches))
+          T(request_policy), T(embeddings_upstream_numbers), T(request_text_path_matches),
+          T(responses_request), T(responses_events), T(messages_request), T(messages_events))
