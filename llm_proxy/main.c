@@ -268,9 +268,6 @@ int main(int argc, char **argv)
     event_config_set_flag(ecfg, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST);
     px->base = event_base_new_with_config(ecfg);
     event_config_free(ecfg);
-    px->hc = cm_hc_new(px->base);
-    cm_hc_set_limits(px->hc, (unsigned)px->cfg.max_upstream, (unsigned)px->cfg.queue_size,
-                     px->cfg.queue_timeout);
     setup_metrics(px);
     setup_pool(px);
     struct cm_http_server_opts so = {.host = px->cfg.host,
@@ -312,7 +309,6 @@ int main(int argc, char **argv)
 
 out:
     cm_http_server_free(px->srv);
-    cm_hc_free(px->hc);
     if (app.sigterm)
         event_free(app.sigterm);
     if (app.sigint)

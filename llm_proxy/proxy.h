@@ -16,7 +16,6 @@ struct proxy {
     struct proxy_config cfg;
     struct event_base *base;
     struct cm_http_server *srv;
-    struct cm_hc *hc;           /* unused by the upstream paths: see pool */
     struct upstream_pool *pool; /* the Ollama hosts (upstream_pool.h) */
     struct cm_metrics *metrics;
     struct cm_metric *m_requests;        /* route, method, status */
@@ -30,7 +29,7 @@ struct proxy {
     struct cm_metric *m_rejected;        /* reason */
     struct cm_metric *m_body_memory;     /* gauge: cm_mem_budget_used() */
     struct ready_probe *ready;           /* /ready's cached probe (health_handler.c) */
-    struct ws_session *ws_sessions;      /* live WebSocket sessions (ws_session.c) */
+    struct ws_session *ws_sessions;      /* live WebSocket sessions (ws_chat.c) */
     unsigned ws_count;
     struct cm_metric *m_up_requests;  /* host, route, status */
     struct cm_metric *m_up_in_flight; /* host */
