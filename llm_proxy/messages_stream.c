@@ -1,6 +1,7 @@
 /* messages_stream: chat chunks -> Anthropic Messages events (see
  * messages_stream.h). */
 #include "messages_stream.h"
+#include "stream_text.h"
 
 #include "cm_alloc.h"
 #include "cm_json.h"
@@ -81,20 +82,6 @@ static json_t *text_block(enum block_kind kind, const char *text)
     return json_pack("{s:s, s:s}", "type", "text", "text", text);
 }
 
-/* The buffer's text as a C string (caller frees); frees the buffer. */
-static char *take_text(struct evbuffer **buf)
-{
-    size_t len = *buf ? evbuffer_get_length(*buf) : 0;
-    char *t = cm_xmalloc(len + 1);
-    if (*buf) {
-        evbuffer_remove(*buf, t, len);
-        evbuffer_free(*buf);
-        *buf = NULL;
-    }
-    t[len] = '\0';
-    return t;
-}
-
 static void close_block(struct messages_stream *ms, json_t *events)
 {
     if (ms->open == BLOCK_NONE)
@@ -106,7 +93,7 @@ static void close_block(struct messages_stream *ms, json_t *events)
                             json_pack("{s:s, s:s}", "type", "signature_delta", "signature", ""));
     }
     block_event(ms, events, "content_block_stop");
-    char *text = take_text(&ms->text);
+    char *text = stream_text_take(&ms->text);
     json_array_append_new(ms->content, text_block(ms->open, text));
     free(text);
     ms->open = BLOCK_NONE;
@@ -120,11 +107,10 @@ static void add_text(struct messages_stream *ms, enum block_kind kind, const cha
     if (ms->open != kind) {
         close_block(ms, events);
         ms->open = kind;
-        ms->text = evbuffer_new();
         json_t *ev = block_event(ms, events, "content_block_start");
         json_object_set_new(ev, "content_block", text_block(kind, ""));
     }
-    evbuffer_add(ms->text, delta, strlen(delta));
+    stream_text_add(&ms->text, delta);
     json_t *ev = block_event(ms, events, "content_block_delta");
     if (kind == BLOCK_THINKING)
         json_object_set_new(ev, "delta",

@@ -1,6 +1,7 @@
 /* responses_stream: chat chunks -> Responses API events (see
  * responses_stream.h). */
 #include "responses_stream.h"
+#include "stream_text.h"
 
 #include "cm_alloc.h"
 #include "cm_json.h"
@@ -133,25 +134,11 @@ static json_t *message_item(const struct responses_stream *rs, const char *statu
                      status, "role", "assistant", "content", content);
 }
 
-/* The buffer's text as a C string (caller frees); frees the buffer. */
-static char *take_text(struct evbuffer **buf)
-{
-    size_t len = *buf ? evbuffer_get_length(*buf) : 0;
-    char *t = cm_xmalloc(len + 1);
-    if (*buf) {
-        evbuffer_remove(*buf, t, len);
-        evbuffer_free(*buf);
-        *buf = NULL;
-    }
-    t[len] = '\0';
-    return t;
-}
-
 static void close_item(struct responses_stream *rs, json_t *events)
 {
     if (rs->open == ITEM_NONE)
         return;
-    char *text = take_text(&rs->text);
+    char *text = stream_text_take(&rs->text);
     json_t *item;
     if (rs->open == ITEM_REASONING) {
         json_t *ev = item_event(rs, events, "response.reasoning_summary_text.done");
@@ -186,7 +173,6 @@ static void open_item(struct responses_stream *rs, enum item_kind kind, json_t *
         return;
     close_item(rs, events);
     rs->open = kind;
-    rs->text = evbuffer_new();
     chat_new_prefixed_id(rs->item_id, sizeof rs->item_id, kind == ITEM_REASONING ? "rs_" : "msg_");
     json_t *ev = event(rs, events, "response.output_item.added");
     json_object_set_new(ev, "output_index", json_integer((json_int_t)json_array_size(rs->output)));
@@ -210,7 +196,7 @@ static void add_text(struct responses_stream *rs, enum item_kind kind, const cha
     if (!delta || !*delta)
         return;
     open_item(rs, kind, events);
-    evbuffer_add(rs->text, delta, strlen(delta));
+    stream_text_add(&rs->text, delta);
     json_t *ev;
     if (kind == ITEM_REASONING) {
         ev = item_event(rs, events, "response.reasoning_summary_text.delta");
