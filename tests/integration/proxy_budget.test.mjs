@@ -71,18 +71,62 @@ test('memory budget: many tiny messages are translated one by one (fit), a value
   }
 });
 
-test('memory budget: bodies count while they arrive; an upload over the budget is paused, its bytes released when it goes', async () => {
-  const p = await startProxy({ LLM_PROXY_MAX_BODY_MEMORY: '1MiB', MAX_BODY_BYTES: '8MiB' }, { upstream: double });
+// A raw connection; resolves sock.until(pred) once pred(text so far) holds or
+// the connection closed.
+async function rawConn(port) {
   const net = await import('node:net');
+  const sock = net.connect(port, '127.0.0.1');
+  sock.text = '';
+  sock.gone = false;
+  sock.on('error', () => {});
+  sock.on('data', (d) => { sock.text += d.toString('latin1'); sock.emit('more'); });
+  sock.on('close', () => { sock.gone = true; sock.emit('more'); });
+  await new Promise((r) => sock.once('connect', r));
+  sock.until = async (pred) => {
+    while (!pred(sock.text) && !sock.gone) await new Promise((r) => sock.once('more', r));
+    return sock.text;
+  };
+  return sock;
+}
+
+test('memory budget: a Content-Length upload that cannot fit is refused at once (503 overloaded, Retry-After), before its body', async () => {
+  const p = await startProxy({ LLM_PROXY_MAX_BODY_MEMORY: '1MiB', MAX_BODY_BYTES: '8MiB' }, { upstream: double });
+  try {
+    const before = rejected(await metrics(p), 'body_budget');
+    for (const expect of ['', 'Expect: 100-continue\r\n']) {
+      const a = await rawConn(p.port);
+      // Only the head: the answer must not wait for (or read) the body.
+      a.write('POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n' +
+        `${expect}Content-Length: 4500000\r\n\r\n`);
+      const text = await a.until((t) => /\r\n\r\n[\s\S]*\}\n/.test(t));
+      assert.match(text, /^HTTP\/1\.1 503 Service Unavailable\r\n/, text);
+      assert.match(text, /\r\nRetry-After: 1\r\n/i);
+      assert.match(text, /\r\nConnection: close\r\n/i);
+      const body = JSON.parse(text.slice(text.indexOf('\r\n\r\n') + 4));
+      assert.equal(body.error.code, 'overloaded');
+      assert.equal(body.error.type, 'service_unavailable_error');
+      a.destroy();
+    }
+    assert.equal(rejected(await metrics(p), 'body_budget'), before + 2);
+    // What fits is admitted as before.
+    const ok = await postJson(`${p.url}/v1/chat/completions`, chatBody('fits'));
+    assert.equal(ok.status, 200, ok.text);
+  } finally {
+    await p.stop();
+  }
+});
+
+test('memory budget: a chunked upload counts while it arrives, is paused over the budget, its bytes released when it goes', async () => {
+  const p = await startProxy({ LLM_PROXY_MAX_BODY_MEMORY: '1MiB', MAX_BODY_BYTES: '8MiB' }, { upstream: double });
   const bodyMemory = async () => Number((await metrics(p)).match(/^llm_proxy_body_memory_bytes (\d+)/m)[1]);
   try {
-    // A slow upload of 4 MB that never finishes, far beyond the budget.
-    const a = net.connect(p.port, '127.0.0.1');
-    a.on('error', () => {});
-    await new Promise((r) => a.once('connect', r));
-    a.write('POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 4500000\r\n\r\n');
+    // A slow chunked upload of 4 MB that never finishes, far beyond the
+    // budget (its size is not announced, so it cannot be refused ahead).
+    const a = await rawConn(p.port);
+    a.write('POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n' +
+      `Transfer-Encoding: chunked\r\n\r\n${(4500000).toString(16)}\r\n`);
     a.write(Buffer.alloc(4 * 1024 * 1024, 0x20));
-    // Counted from its first bytes (before, only dispatched bodies were)...
+    // Counted from its first bytes...
     let seen;
     while ((seen = await bodyMemory()) < 1024 * 1024);
     // ...and read no further than the budget (plus what one read brings).
