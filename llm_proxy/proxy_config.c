@@ -130,8 +130,9 @@
              NULL,                                                                                 \
              0,                                                                                    \
              &(cfg)->allowed_origins,                                                              \
-             "Browser origins allowed (CORS, WebSocket): comma list or *; unset = localhost and "  \
-             "same-origin only"},                                                                  \
+             "Browser origins allowed (CORS, WebSocket): comma list or *; unset = loopback "       \
+             "pages only, and only while the proxy is addressed as localhost/127.x/[::1] (DNS "    \
+             "rebinding)"},                                                                        \
             {"LLM_PROXY_MAX_CONNECTIONS",                                                          \
              CM_CFG_INT,                                                                           \
              "16384",                                                                              \

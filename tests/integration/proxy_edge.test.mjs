@@ -325,3 +325,37 @@ test('evhttp\'s own refusals carry their right reason phrase (417, 501)', async 
   assert.equal(JSON.parse(parseResponse(text).body).error.code, 'method_not_supported');
 });
 
+// DNS rebinding: evil.example re-pointed at 127.0.0.1 makes the victim's
+// browser send Host: evil.example:<port> and Origin: http://evil.example:<port>
+// - "same origin". Under the default policy a browser request is served
+// only while the Host is a loopback name; clients without an Origin (SDKs,
+// curl, other containers by service name) are not concerned.
+async function request(head, body = '') {
+  const sock = await raw(proxy.port);
+  sock.write(`${head}Content-Length: ${body.length}\r\nConnection: close\r\n\r\n${body}`);
+  return parseResponse(await sock.until(() => false));
+}
+test('DNS rebinding: an Origin under a non-loopback Host gets 403 origin_not_allowed; no Origin works under any Host', async () => {
+  const before = (await double.stats()).requests['/api/chat'] || 0;
+  const body = JSON.stringify(chatBody('rebinding'));
+  const post = (host, origin) => request('POST /v1/chat/completions HTTP/1.1\r\n' +
+    `Host: ${host}\r\n${origin ? `Origin: ${origin}\r\n` : ''}Content-Type: application/json\r\n`, body);
+  for (const [host, origin] of [[`evil.example:${proxy.port}`, `http://evil.example:${proxy.port}`],
+    [`evil.example:${proxy.port}`, 'http://localhost:5173'], ['127.0.0.1.evil.example', 'http://127.0.0.1']]) {
+    const res = await post(host, origin);
+    assert.equal(res.status, 403, `${host} ${origin}: ${res.body}`);
+    assert.equal(JSON.parse(res.body).error.code, 'origin_not_allowed');
+    assert.equal(res.headers['access-control-allow-origin'], undefined);
+  }
+  const pre = await request(`OPTIONS /v1/chat/completions HTTP/1.1\r\nHost: evil.example:${proxy.port}\r\n` +
+    `Origin: http://evil.example:${proxy.port}\r\nAccess-Control-Request-Method: POST\r\n`);
+  assert.equal(pre.status, 403);
+  assert.equal((await double.stats()).requests['/api/chat'] || 0, before, 'no chat may run');
+  // Containers reach the proxy by service name, without an Origin.
+  assert.equal((await post('llm_proxy:8000')).status, 200);
+  // A page on this machine, addressing the proxy by a loopback name.
+  const local = await post(`127.0.0.1:${proxy.port}`, 'http://localhost:5173');
+  assert.equal(local.status, 200);
+  assert.equal(local.headers['access-control-allow-origin'], 'http://localhost:5173');
+  assert.equal((await post(`localhost:${proxy.port}`, `http://localhost:${proxy.port}`)).status, 200);
+});

@@ -84,7 +84,7 @@ async function rawSocket(p, extraHeaders = '') {
     }
   };
   const key = crypto.randomBytes(16).toString('base64');
-  sock.write(`GET /ws/chat HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: ${key}\r\nSec-WebSocket-Version: 13\r\n${extraHeaders}\r\n`);
+  sock.write(`GET /ws/chat HTTP/1.1\r\nHost: 127.0.0.1:${p.port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: ${key}\r\nSec-WebSocket-Version: 13\r\n${extraHeaders}\r\n`);
   await sock.waitFor((b) => b.includes('\r\n\r\n'));
   const i = sock.buf.indexOf('\r\n\r\n');
   sock.head = sock.buf.slice(0, i).toString();
@@ -371,3 +371,4 @@ describe('6. smaller', () => {
     }
   });
 });
+
