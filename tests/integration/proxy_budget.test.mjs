@@ -176,6 +176,55 @@ test('/ready is one cached probe: 300 concurrent /ready make one upstream call',
   }
 });
 
+test('/ready while a probe hangs answers from the last result at once, not after the probe', async () => {
+  const dbl = await startDouble();
+  const p = await startProxy({ READY_CACHE_TTL: '0', CONNECT_TIMEOUT: '30' }, { upstream: dbl });
+  try {
+    const first = await fetch(`${p.url}/ready`);
+    assert.equal(first.status, 200);
+    const probes = (await dbl.stats()).requests['/api/version'];
+    await fetch(`${dbl.url}/_double/fault?mode=hang`, { method: 'POST' });
+    // Expired (TTL 0): this starts a probe that hangs (up to 31 s); the
+    // answer is the previous result meanwhile.
+    const res = await fetch(`${p.url}/ready`);
+    assert.equal(res.status, 200);
+    assert.equal((await res.json()).status, 'ready');
+    assert.equal((await dbl.stats()).requests['/api/version'], probes + 1, 'one probe in flight');
+    // Still one probe in flight, however many ask.
+    const all = await Promise.all(Array.from({ length: 20 }, () => fetch(`${p.url}/ready`).then((r) => r.status)));
+    assert.deepEqual([...new Set(all)], [200]);
+    assert.equal((await dbl.stats()).requests['/api/version'], probes + 1);
+  } finally {
+    await p.stop();
+    await dbl.stop();
+  }
+});
+
+test('/ready before any probe result: a short wait then 503 "probe in progress"; on SIGTERM waiters get 503 at once', async () => {
+  const dbl = await startDouble();
+  await fetch(`${dbl.url}/_double/fault?mode=hang`, { method: 'POST' });
+  const p = await startProxy({ CONNECT_TIMEOUT: '30' }, { upstream: dbl });
+  try {
+    const res = await fetch(`${p.url}/ready`);
+    assert.equal(res.status, 503);
+    assert.deepEqual(await res.json(), { status: 'not_ready', reason: 'upstream probe still in progress' });
+  } finally {
+    await p.stop();
+  }
+  // Draining: a waiting /ready is answered, not dropped with the connection.
+  const q = await startProxy({ CONNECT_TIMEOUT: '30' }, { upstream: dbl });
+  const probes = (await dbl.stats()).requests['/api/version'] || 0;
+  const waiting = fetch(`${q.url}/ready`);
+  while (((await dbl.stats()).requests['/api/version'] || 0) === probes);
+  const exit = q.exited();
+  q.proc.kill('SIGTERM');
+  const drained = await waiting;
+  assert.equal(drained.status, 503);
+  assert.deepEqual(await drained.json(), { status: 'not_ready', reason: 'shutting down' });
+  assert.equal(await exit, 0);
+  await dbl.stop();
+});
+
 test('an unauthenticated flood of /health, /ready, /metrics causes no 429/503 for authenticated API calls', async () => {
   const p = await startProxy({
     LLM_PROXY_API_KEY: 'k', LLM_PROXY_MAX_UPSTREAM: '1', LLM_PROXY_QUEUE_SIZE: '0', READY_CACHE_TTL: '0',
