@@ -241,8 +241,8 @@
              NULL,                                                                                 \
              0,                                                                                    \
              &(cfg)->max_body_memory,                                                              \
-             "Request bodies and their parsed/translated forms in memory at once, all requests "   \
-             "together (503 overloaded above)"},                                                   \
+             "Request bodies, WebSocket messages and their parsed/translated forms in memory at "  \
+             "once, all requests together (503 overloaded / close 1013 above)"},                   \
             {"READY_CACHE_TTL",                                                                    \
              CM_CFG_SECONDS,                                                                       \
              "1",                                                                                  \
