@@ -23,18 +23,19 @@ void health_handle_live(struct cm_req *r, void *arg)
  * GET /api/version to every host at once. The result answers every /ready
  * for READY_CACHE_TTL; once it is older, the next /ready starts a round and
  * meanwhile every /ready is answered from the previous result (so it is at
- * most READY_CACHE_TTL plus one probe, UPSTREAM_CONNECT_TIMEOUT + 1 s, old).
- * Only before the first result ever do /ready requests wait for the round,
- * and at most READY_WAIT_MAX: then 503 "probe in progress". When the
- * server drains, waiters get 503 "shutting down" at once. The probes run on
- * their own HTTP client with no slot cap, so they never take (or wait for)
- * one of the LLM_PROXY_MAX_UPSTREAM slots chat and embeddings use: a flood
- * of unauthenticated /ready costs at most one request per host per TTL.
+ * most READY_CACHE_TTL plus one probe, CONNECT_TIMEOUT + 1 s, old). Without
+ * such a result (the first probe, or the last one is older after a quiet
+ * spell) /ready requests wait for the round, at most READY_WAIT_MAX: then
+ * 503 "probe in progress". When the server drains, waiters get 503
+ * "shutting down" at once. The probes run on their own HTTP client with no
+ * slot cap, so they never take (or wait for) one of the
+ * LLM_PROXY_MAX_UPSTREAM slots chat and embeddings use: a flood of
+ * unauthenticated /ready costs at most one request per host per TTL.
  *
  * Ready: at least one host answered the probe and is HEALTHY in the pool
  * (upstream_pool.h). The body lists each host's state.
  */
-#define READY_WAIT_MAX 1.0 /* seconds a /ready waits for the first probe */
+#define READY_WAIT_MAX 1.0 /* seconds a /ready waits for a probe round */
 
 struct ready_waiter {
     struct ready_probe *p;
@@ -229,12 +230,15 @@ void health_handle_ready(struct cm_req *r, void *arg)
         return;
     }
     struct ready_probe *p = probe_get(px);
-    int fresh = p->checked_at > 0 && mono_now() - p->checked_at < px->cfg.ready_cache_ttl;
-    if (!fresh && !p->pending && round_start(p, cm_req_id(r)) != 0) {
+    double age = p->checked_at > 0 ? mono_now() - p->checked_at : -1;
+    if (!(age >= 0 && age < px->cfg.ready_cache_ttl) && !p->pending &&
+        round_start(p, cm_req_id(r)) != 0) {
         cm_req_reply_json(r, 503, json_pack("{s:s}", "status", "not_ready"));
         return;
     }
-    if (p->checked_at > 0) { /* fresh, or the last result while a probe runs */
+    /* Fresh, or the last result while a round runs: no older than the TTL
+     * plus one probe (an older one, after a quiet spell, is not served). */
+    if (age >= 0 && age < px->cfg.ready_cache_ttl + px->cfg.connect_timeout + 1) {
         ready_answer(p, r);
         return;
     }
