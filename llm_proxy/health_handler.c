@@ -25,12 +25,13 @@ void health_handle_live(struct cm_req *r, void *arg)
  * meanwhile every /ready is answered from the previous result (so it is at
  * most READY_CACHE_TTL plus one probe, CONNECT_TIMEOUT + 1 s, old). Without
  * such a result (the first probe, or the last one is older after a quiet
- * spell) /ready requests wait for the round, at most READY_WAIT_MAX: then
- * 503 "probe in progress". When the server drains, waiters get 503
- * "shutting down" at once. The probes run on their own HTTP client with no
- * slot cap, so they never take (or wait for) one of the
- * LLM_PROXY_MAX_UPSTREAM slots chat and embeddings use: a flood of
- * unauthenticated /ready costs at most one request per host per TTL.
+ * spell) /ready requests wait for the round - until one host answers usable
+ * (200), all answer, or READY_WAIT_MAX passes (503 "probe in progress").
+ * When the server drains, waiters get 503 "shutting down" at once. The
+ * probes run on their own HTTP client with no slot cap, so they never take
+ * (or wait for) one of the LLM_PROXY_MAX_UPSTREAM slots chat and embeddings
+ * use: a flood of unauthenticated /ready costs at most one request per host
+ * per TTL.
  *
  * Ready: at least one host answered the probe and is HEALTHY in the pool
  * (upstream_pool.h). The body lists each host's state.
@@ -48,6 +49,7 @@ struct ready_host {
     struct upstream_host *h;
     struct cm_hc_req *inflight;
     int ok;
+    int answered; /* in the current round */
     char version[64];
     char reason[300];
 };
@@ -149,6 +151,16 @@ static void wait_timeout_cb(evutil_socket_t fd, short what, void *arg)
     answer_waiters(arg, "upstream probe still in progress");
 }
 
+/* A host of the current round has answered and is usable. */
+static int round_usable(const struct ready_probe *p)
+{
+    for (size_t i = 0; i < p->n; i++)
+        if (p->hosts[i].answered && p->hosts[i].ok &&
+            upstream_host_state(p->hosts[i].h) == UPSTREAM_HEALTHY)
+            return 1;
+    return 0;
+}
+
 static void probe_done(struct cm_hc_req *up, enum cm_hc_result result, long status,
                        struct evbuffer *body, const char *errmsg, void *arg)
 {
@@ -171,8 +183,14 @@ static void probe_done(struct cm_hc_req *up, enum cm_hc_result result, long stat
             snprintf(rh->reason, sizeof rh->reason, "ollama answered HTTP %ld", status);
         CM_WARN(NULL, "not_ready", "host=%s %s", upstream_host_label(rh->h), rh->reason);
     }
-    if (--p->pending)
+    rh->answered = 1;
+    if (--p->pending) {
+        /* One usable host makes the answer "ready": no need to wait for
+         * the slow ones. */
+        if (round_usable(p))
+            answer_waiters(p, NULL);
         return;
+    }
     p->checked_at = mono_now();
     answer_waiters(p, NULL);
 }
@@ -189,6 +207,7 @@ static struct ready_probe *probe_get(struct proxy *px)
         for (size_t i = 0; i < p->n; i++) {
             p->hosts[i].p = p;
             p->hosts[i].h = upstream_pool_host(px->pool, i);
+            snprintf(p->hosts[i].reason, sizeof p->hosts[i].reason, "probe in progress");
         }
         px->ready = p;
     }
@@ -201,6 +220,7 @@ static int round_start(struct ready_probe *p, const char *request_id)
     struct proxy *px = p->px;
     for (size_t i = 0; i < p->n; i++) {
         struct ready_host *rh = &p->hosts[i];
+        rh->answered = 0;
         char *url = upstream_host_url(rh->h, "/api/version");
         struct cm_hc_opts o = {.method = "GET",
                                .url = url,
@@ -238,7 +258,8 @@ void health_handle_ready(struct cm_req *r, void *arg)
     }
     /* Fresh, or the last result while a round runs: no older than the TTL
      * plus one probe (an older one, after a quiet spell, is not served). */
-    if (age >= 0 && age < px->cfg.ready_cache_ttl + px->cfg.connect_timeout + 1) {
+    if ((age >= 0 && age < px->cfg.ready_cache_ttl + px->cfg.connect_timeout + 1) ||
+        (p->pending && round_usable(p))) {
         ready_answer(p, r);
         return;
     }
