@@ -35,8 +35,7 @@ struct guard {
     double linger_until;         /* evhttp let go; reading and dropping input until then */
     size_t lingered;             /* bytes dropped so far */
     struct cm_http_track track;  /* framing ahead of evhttp (cm_http_track.h) */
-    size_t receiving;            /* body bytes held in the budget, not yet dispatched */
-    size_t prepaid;              /* of which reserved ahead (Content-Length), not yet read */
+    size_t receiving;            /* body bytes read, not yet dispatched (in the budget) */
     int paused;                  /* reading stopped: the memory budget is full */
     struct guard *next;          /* hash chain */
     struct guard *lnext, *lprev; /* all guards */
@@ -134,18 +133,15 @@ static void input_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, 
         if (s >= 0)
             shutdown(s, SHUT_RDWR);
     }
-    /* Bodies count from their first byte, not only once dispatched; a
-     * Content-Length body was reserved whole when its head arrived. */
-    size_t paid = body < x->prepaid ? body : x->prepaid;
-    x->prepaid -= paid;
-    body -= paid;
     if (body) {
+        /* Bodies count from their first byte, not only once dispatched. */
         x->receiving += body;
         cm_mem_budget_charge(body);
         if (!x->busy && cm_mem_budget_over()) {
-            /* A chunked body (its size is not known ahead): stop reading
-             * until the budget has room (the sweep resumes); the request
-             * read deadline still applies. */
+            /* Stop reading until the budget has room (the sweep resumes);
+             * the request read deadline still applies. A Content-Length
+             * body that did not fit was refused at its head already; this
+             * is a chunked one, or bodies admitted together. */
             bufferevent_disable(x->bev, EV_READ);
             x->paused = 1;
         }
@@ -314,20 +310,18 @@ static void output_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info,
     x->set->output_cb(buf, info, x->track.refused, x->set->output_arg);
 }
 
-/* A Content-Length body is reserved whole as soon as its head announces it:
- * one that cannot fit is refused at once (503 overloaded) instead of being
- * read until the budget is full. Bodies over the size limit are left to
- * evhttp's immediate 413. */
+/* A Content-Length body that cannot fit next to what is in memory now is
+ * refused as soon as its head announces it (503 overloaded), instead of
+ * being read until the budget is full. It is not reserved ahead: bytes count
+ * as they arrive, so heads alone (a few hundred bytes each, never followed
+ * by their bodies) cannot hold the budget. Bodies over the size limit are
+ * left to evhttp's immediate 413. */
 static int admit_body(void *arg, long long n)
 {
     struct guard *x = arg;
     if (x->set->max_body > 0 && n > x->set->max_body)
         return 0;
-    if (cm_mem_budget_reserve((size_t)n) != 0)
-        return -1;
-    x->receiving += (size_t)n;
-    x->prepaid += (size_t)n;
-    return 0;
+    return cm_mem_budget_fits((size_t)n) ? 0 : -1;
 }
 
 void cm_conn_guards_add(struct cm_conn_guards *g, struct bufferevent *bev)
@@ -366,7 +360,6 @@ void cm_conn_guards_busy(struct cm_conn_guards *g, struct bufferevent *bev, int 
         /* The server reserves the dispatched body itself. */
         cm_mem_budget_release(x->receiving);
         x->receiving = 0;
-        x->prepaid = 0;
         x->paused = 0; /* evhttp stopped reading on its own */
     }
 }

@@ -11,10 +11,10 @@
  *     (cm_http_track.h), which rewrites what evhttp 2.1 cannot parse (chunk
  *     extensions) and makes evhttp refuse what it must not accept, before
  *     evhttp reads it;
- *   - the memory budget (cm_mem_budget.h) for bodies not yet dispatched: a
- *     Content-Length body is reserved whole when its head arrives (refused
- *     with 503 when it does not fit), chunk data is charged as it arrives
- *     (reading pauses while the budget is over).
+ *   - the memory budget (cm_mem_budget.h) for bodies not yet dispatched:
+ *     body bytes are charged as they arrive (reading pauses while the
+ *     budget is over); a Content-Length body that cannot fit next to what
+ *     is in memory now is refused (503) as soon as its head arrives.
  *
  * evhttp creates each connection's bufferevent through evhttp_set_bevcb();
  * the guard takes a reference on it, watches its input buffer for arriving

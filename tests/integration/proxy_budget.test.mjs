@@ -116,6 +116,28 @@ test('memory budget: a Content-Length upload that cannot fit is refused at once 
   }
 });
 
+test('memory budget: heads alone hold nothing (bodies count as they arrive, not as announced)', async () => {
+  const p = await startProxy({ LLM_PROXY_MAX_BODY_MEMORY: '1MiB', MAX_BODY_BYTES: '8MiB' }, { upstream: double });
+  const socks = [];
+  try {
+    // Three uploads announced (each fits alone) whose bodies never come:
+    // reserving what they announce would lock the budget for the read
+    // timeout for a few hundred bytes sent.
+    for (let i = 0; i < 3; i++) {
+      const a = await rawConn(p.port);
+      socks.push(a);
+      a.write('POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n' +
+        'Expect: 100-continue\r\nContent-Length: 900000\r\n\r\n');
+      assert.match(await a.until((t) => t.includes('\r\n\r\n')), /^HTTP\/1\.1 100 Continue\r\n/);
+    }
+    const res = await postJson(`${p.url}/v1/chat/completions`, chatBody('x'.repeat(200 * 1024)));
+    assert.equal(res.status, 200, res.text);
+  } finally {
+    for (const a of socks) a.destroy();
+    await p.stop();
+  }
+});
+
 test('memory budget: a chunked upload counts while it arrives, is paused over the budget, its bytes released when it goes', async () => {
   const p = await startProxy({ LLM_PROXY_MAX_BODY_MEMORY: '1MiB', MAX_BODY_BYTES: '8MiB' }, { upstream: double });
   const bodyMemory = async () => Number((await metrics(p)).match(/^llm_proxy_body_memory_bytes (\d+)/m)[1]);
