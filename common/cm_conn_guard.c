@@ -34,7 +34,7 @@ struct guard {
     int killed;
     double linger_until;         /* evhttp let go; reading and dropping input until then */
     size_t lingered;             /* bytes dropped so far */
-    struct cm_http_track track;  /* chunk extensions evhttp cannot parse */
+    struct cm_http_track track;  /* framing ahead of evhttp (cm_http_track.h) */
     size_t receiving;            /* body bytes read, not yet dispatched (in the budget) */
     int paused;                  /* reading stopped: the memory budget is full */
     struct guard *next;          /* hash chain */
@@ -45,6 +45,9 @@ struct cm_conn_guards {
     struct event_base *base;
     unsigned max;
     double read_timeout;
+    long long max_body; /* bodies larger than this are refused by evhttp (413) */
+    cm_conn_output_cb output_cb;
+    void *output_arg;
     struct evconnlistener *listener;
     int paused;
     unsigned count;
@@ -136,7 +139,9 @@ static void input_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, 
         cm_mem_budget_charge(body);
         if (!x->busy && cm_mem_budget_over()) {
             /* Stop reading until the budget has room (the sweep resumes);
-             * the request read deadline still applies. */
+             * the request read deadline still applies. A Content-Length
+             * body that did not fit was refused at its head already; this
+             * is a chunked one, or bodies admitted together. */
             bufferevent_disable(x->bev, EV_READ);
             x->paused = 1;
         }
@@ -261,12 +266,13 @@ static void sweep_cb(evutil_socket_t fd, short what, void *arg)
 }
 
 struct cm_conn_guards *cm_conn_guards_new(struct event_base *base, unsigned max_connections,
-                                          double request_read_timeout_s)
+                                          double request_read_timeout_s, long long max_body_bytes)
 {
     struct cm_conn_guards *g = cm_xcalloc(1, sizeof *g);
     g->base = base;
     g->max = max_connections;
     g->read_timeout = request_read_timeout_s;
+    g->max_body = max_body_bytes;
     g->nbuckets = 256;
     g->buckets = cm_xcalloc(g->nbuckets, sizeof *g->buckets);
     g->sweep = event_new(base, -1, EV_PERSIST, sweep_cb, g);
@@ -292,12 +298,40 @@ void cm_conn_guards_set_listener(struct cm_conn_guards *g, struct evconnlistener
     update_listener(g);
 }
 
+void cm_conn_guards_on_output(struct cm_conn_guards *g, cm_conn_output_cb cb, void *arg)
+{
+    g->output_cb = cb;
+    g->output_arg = arg;
+}
+
+static void output_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
+{
+    struct guard *x = arg;
+    x->set->output_cb(buf, info, x->track.refused, x->set->output_arg);
+}
+
+/* A Content-Length body that cannot fit next to what is in memory now is
+ * refused as soon as its head announces it (503 overloaded), instead of
+ * being read until the budget is full. It is not reserved ahead: bytes count
+ * as they arrive, so heads alone (a few hundred bytes each, never followed
+ * by their bodies) cannot hold the budget. Bodies over the size limit are
+ * left to evhttp's immediate 413. */
+static int admit_body(void *arg, long long n)
+{
+    struct guard *x = arg;
+    if (x->set->max_body > 0 && n > x->set->max_body)
+        return 0;
+    return cm_mem_budget_fits((size_t)n) ? 0 : -1;
+}
+
 void cm_conn_guards_add(struct cm_conn_guards *g, struct bufferevent *bev)
 {
     struct guard *x = cm_xcalloc(1, sizeof *x);
     x->bev = bev;
     x->set = g;
     cm_http_track_init(&x->track);
+    x->track.admit = admit_body;
+    x->track.admit_arg = x;
     bufferevent_incref(bev);
     if (g->count + 1 > g->nbuckets)
         grow(g);
@@ -310,6 +344,8 @@ void cm_conn_guards_add(struct cm_conn_guards *g, struct bufferevent *bev)
     g->all = x;
     g->count++;
     evbuffer_add_cb(bufferevent_get_input(bev), input_cb, x);
+    if (g->output_cb)
+        evbuffer_add_cb(bufferevent_get_output(bev), output_cb, x);
     update_listener(g);
 }
 
@@ -332,7 +368,7 @@ void cm_conn_guards_taken_over(struct cm_conn_guards *g, struct bufferevent *bev
 {
     struct guard *x = bev ? find(g, bev) : NULL;
     if (x)
-        x->track.state = CM_TRACK_OFF;
+        cm_http_track_off(&x->track);
 }
 
 unsigned cm_conn_guards_count(const struct cm_conn_guards *g)

@@ -7,9 +7,14 @@
  *     request started arriving more than request_read_timeout ago and has
  *     not been dispatched is shut down.
  *
- *   - chunk extensions: each connection's input is followed by a
- *     cm_http_track (cm_http_track.h), which rewrites what evhttp 2.1
- *     cannot parse before evhttp reads it.
+ *   - framing: each connection's input is followed by a cm_http_track
+ *     (cm_http_track.h), which rewrites what evhttp 2.1 cannot parse (chunk
+ *     extensions) and makes evhttp refuse what it must not accept, before
+ *     evhttp reads it;
+ *   - the memory budget (cm_mem_budget.h) for bodies not yet dispatched:
+ *     body bytes are charged as they arrive (reading pauses while the
+ *     budget is over); a Content-Length body that cannot fit next to what
+ *     is in memory now is refused (503) as soon as its head arrives.
  *
  * evhttp creates each connection's bufferevent through evhttp_set_bevcb();
  * the guard takes a reference on it, watches its input buffer for arriving
@@ -26,14 +31,26 @@
 
 struct bufferevent;
 struct event_base;
+struct evbuffer;
+struct evbuffer_cb_info;
 struct evconnlistener;
 struct cm_conn_guards;
+struct cm_http_refusal;
 
+/* max_body_bytes: bodies over this are refused by evhttp itself (0 = no
+ * limit). */
 struct cm_conn_guards *cm_conn_guards_new(struct event_base *base, unsigned max_connections,
-                                          double request_read_timeout_s);
+                                          double request_read_timeout_s, long long max_body_bytes);
 void cm_conn_guards_free(struct cm_conn_guards *g);
 /* The listener to pause at the cap (set once bound). */
 void cm_conn_guards_set_listener(struct cm_conn_guards *g, struct evconnlistener *l);
+/* Every write to a connection's output (an evbuffer callback), with the
+ * reason its tracker refused the request being read (NULL: none): evhttp's
+ * own error page for such a request is the refusal's to explain. Set before
+ * the first connection. */
+typedef void (*cm_conn_output_cb)(struct evbuffer *out, const struct evbuffer_cb_info *info,
+                                  const struct cm_http_refusal *refused, void *arg);
+void cm_conn_guards_on_output(struct cm_conn_guards *g, cm_conn_output_cb cb, void *arg);
 /* A new connection's bufferevent (from the bevcb). */
 void cm_conn_guards_add(struct cm_conn_guards *g, struct bufferevent *bev);
 /* A request on bev was dispatched (busy) / finished (idle again). */

@@ -1,6 +1,7 @@
 /* cm_http_server: evhttp server helper (see cm_http_server.h for the lifecycle). */
 #include "cm_http_server.h"
 #include "cm_http_framing.h"
+#include "cm_http_track.h"
 #include "cm_origin.h"
 
 #include "cm_alloc.h"
@@ -343,40 +344,37 @@ static void track_flush(struct cm_req *r)
     evhttp_request_set_on_complete_cb(r->req, reply_flushed_cb, r->srv);
 }
 
+/* The one status -> reason phrase table (our replies and the rewritten
+ * evhttp error pages). */
 static const char *reason_phrase(int status)
 {
-    switch (status) {
-    case 200:
-        return "OK";
-    case 204:
-        return "No Content";
-    case 101:
-        return "Switching Protocols";
-    case 400:
-        return "Bad Request";
-    case 401:
-        return "Unauthorized";
-    case 403:
-        return "Forbidden";
-    case 404:
-        return "Not Found";
-    case 405:
-        return "Method Not Allowed";
-    case 413:
-        return "Payload Too Large";
-    case 429:
-        return "Too Many Requests";
-    case 500:
-        return "Internal Server Error";
-    case 502:
-        return "Bad Gateway";
-    case 503:
-        return "Service Unavailable";
-    case 504:
-        return "Gateway Timeout";
-    default:
-        return NULL;
-    }
+    static const struct {
+        int status;
+        const char *phrase;
+    } table[] = {{100, "Continue"},
+                 {101, "Switching Protocols"},
+                 {200, "OK"},
+                 {204, "No Content"},
+                 {400, "Bad Request"},
+                 {401, "Unauthorized"},
+                 {403, "Forbidden"},
+                 {404, "Not Found"},
+                 {405, "Method Not Allowed"},
+                 {408, "Request Timeout"},
+                 {413, "Payload Too Large"},
+                 {417, "Expectation Failed"},
+                 {429, "Too Many Requests"},
+                 {431, "Request Header Fields Too Large"},
+                 {500, "Internal Server Error"},
+                 {501, "Not Implemented"},
+                 {502, "Bad Gateway"},
+                 {503, "Service Unavailable"},
+                 {504, "Gateway Timeout"},
+                 {505, "HTTP Version Not Supported"}};
+    for (size_t i = 0; i < sizeof table / sizeof table[0]; i++)
+        if (table[i].status == status)
+            return table[i].phrase;
+    return NULL;
 }
 
 int cm_req_add_header(struct cm_req *r, const char *name, const char *value)
@@ -879,8 +877,8 @@ static void gencb(struct evhttp_request *req, void *arg)
     const char *fcode;
     char fmsg[160];
     if (cm_http_framing_check(evhttp_request_get_input_headers(req),
-                              cmd != EVHTTP_REQ_GET && cmd != EVHTTP_REQ_HEAD, &fcode, fmsg,
-                              sizeof fmsg) != 0) {
+                              cmd != EVHTTP_REQ_GET && cmd != EVHTTP_REQ_HEAD,
+                              req->major == 1 && req->minor == 0, &fcode, fmsg, sizeof fmsg) != 0) {
         /* Whatever follows on this connection cannot be trusted: close. */
         count_reject(srv, "malformed");
         cm_req_add_header(r, "Connection", "close");
@@ -1003,10 +1001,10 @@ static void gencb(struct evhttp_request *req, void *arg)
  */
 static const char EVHTTP_PAGE_END[] = "</BODY></HTML>\n";
 
-static void rewrite_error_page_cb(struct evbuffer *out, const struct evbuffer_cb_info *info,
-                                  void *arg)
+static void rewrite_error_page(struct cm_http_server *srv, struct evbuffer *out,
+                               const struct evbuffer_cb_info *info,
+                               const struct cm_http_refusal *refused)
 {
-    struct cm_http_server *srv = arg;
     size_t len = evbuffer_get_length(out);
     size_t end_len = sizeof EVHTTP_PAGE_END - 1;
     if (info->n_added < end_len || len < 40 || len > 2048)
@@ -1045,23 +1043,43 @@ static void rewrite_error_page_cb(struct evbuffer *out, const struct evbuffer_cb
         sscanf(buf, "HTTP/%d.%d %d ", &major, &minor, &status) != 3 ||
         !strstr(buf, "\r\nContent-Type: text/html\r\n"))
         return;
-    char msg[200];
+    char msg[300];
     const char *code;
-    count_reject(srv, status == 413 ? "too_large" : "malformed");
-    if (status == 413) {
+    const char *extra = "";
+    if (refused) { /* the tracker made evhttp refuse it: say why */
+        status = refused->status;
+        code = refused->code;
+        snprintf(msg, sizeof msg, "%s", refused->message);
+        if (status == 503) {
+            count_reject(srv, "body_budget");
+            extra = "Retry-After: 1\r\n";
+        } else {
+            count_reject(srv, "malformed");
+        }
+    } else if (status == 413) {
+        count_reject(srv, "too_large");
         snprintf(msg, sizeof msg,
                  "The request is too large: the body may be at most %lld bytes and the request "
                  "line and headers at most %lld bytes.",
                  srv->opts.max_body_bytes, srv->opts.max_header_bytes);
         code = "request_too_large";
+    } else if (status == 417) {
+        count_reject(srv, "malformed");
+        snprintf(msg, sizeof msg, "The only expectation supported is \"100-continue\".");
+        code = "expectation_failed";
+    } else if (status == 501) {
+        count_reject(srv, "malformed");
+        snprintf(msg, sizeof msg, "The request method is not supported.");
+        code = "method_not_supported";
     } else {
+        count_reject(srv, "malformed");
         snprintf(msg, sizeof msg, "The HTTP request could not be parsed (status %d).", status);
         code = "malformed_request";
     }
     json_t *body = cm_oai_error(msg, cm_oai_error_type(status), NULL, code);
     char *text = cm_json_dumps(body);
     json_decref(body);
-    const char *phrase = status == 413 ? "Payload Too Large" : "Bad Request";
+    const char *phrase = reason_phrase(status);
     /* Replace the page; unfreeze the start for that if it is frozen. */
     int frozen = evbuffer_drain(out, len) != 0; /* re-enters with n_added == 0 */
     if (frozen) {
@@ -1069,12 +1087,25 @@ static void rewrite_error_page_cb(struct evbuffer *out, const struct evbuffer_cb
         evbuffer_drain(out, len);
     }
     evbuffer_add_printf(out,
-                        "HTTP/%d.%d %d %s\r\nContent-Type: application/json\r\n"
+                        "HTTP/%d.%d %d %s\r\nContent-Type: application/json\r\n%s"
                         "Connection: close\r\nContent-Length: %zu\r\n\r\n%s\n",
-                        major, minor, status, phrase, strlen(text) + 1, text);
+                        major, minor, status, phrase ? phrase : "Error", extra, strlen(text) + 1,
+                        text);
     if (frozen)
         evbuffer_freeze(out, 1);
     free(text);
+}
+
+static void rewrite_error_page_cb(struct evbuffer *out, const struct evbuffer_cb_info *info,
+                                  void *arg)
+{
+    rewrite_error_page(arg, out, info, NULL);
+}
+
+static void rewrite_refused_page_cb(struct evbuffer *out, const struct evbuffer_cb_info *info,
+                                    const struct cm_http_refusal *refused, void *arg)
+{
+    rewrite_error_page(arg, out, info, refused);
 }
 
 static struct bufferevent *make_bev(struct event_base *base, void *arg)
@@ -1082,9 +1113,10 @@ static struct bufferevent *make_bev(struct event_base *base, void *arg)
     struct cm_http_server *srv = arg;
     struct bufferevent *bev = bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
     if (bev) {
-        evbuffer_add_cb(bufferevent_get_output(bev), rewrite_error_page_cb, arg);
-        if (srv->guards)
+        if (srv->guards) /* the guard passes on its tracker's refusal */
             cm_conn_guards_add(srv->guards, bev);
+        else
+            evbuffer_add_cb(bufferevent_get_output(bev), rewrite_error_page_cb, arg);
     }
     return bev;
 }
@@ -1139,10 +1171,13 @@ struct cm_http_server *cm_http_server_new(struct event_base *base,
     evhttp_set_default_content_type(srv->http, "application/json");
     evhttp_set_gencb(srv->http, gencb, srv);
     evhttp_set_bevcb(srv->http, make_bev, srv);
-    if (opts->max_connections || opts->request_read_timeout_s > 0)
+    if (opts->max_connections || opts->request_read_timeout_s > 0) {
         srv->guards = cm_conn_guards_new(
             base, opts->max_connections,
-            opts->request_read_timeout_s > 0 ? opts->request_read_timeout_s : 1e9);
+            opts->request_read_timeout_s > 0 ? opts->request_read_timeout_s : 1e9,
+            opts->max_body_bytes);
+        cm_conn_guards_on_output(srv->guards, rewrite_refused_page_cb, srv);
+    }
     return srv;
 }
 

@@ -50,6 +50,11 @@ size_t cm_mem_budget_json_bytes(void)
     return json_bytes;
 }
 
+int cm_mem_budget_fits(size_t n)
+{
+    return !limit_bytes || reserved_bytes + json_bytes + n <= limit_bytes;
+}
+
 int cm_mem_budget_reserve(size_t n)
 {
     if (limit_bytes && reserved_bytes + json_bytes + n > limit_bytes)

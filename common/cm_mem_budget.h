@@ -28,6 +28,8 @@ size_t cm_mem_budget_used(void);
 /* Live JSON bytes only (for measurements). */
 size_t cm_mem_budget_json_bytes(void);
 
+/* 1 when n more bytes fit under the limit now (nothing is reserved). */
+int cm_mem_budget_fits(size_t n);
 /* Reserves n bytes: 0, or -1 (nothing reserved) when it would exceed the
  * limit. */
 int cm_mem_budget_reserve(size_t n);

@@ -3,7 +3,9 @@
 
 #include "cm_alloc.h"
 
+#include <arpa/inet.h>
 #include <event2/http.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -130,26 +132,33 @@ int cm_origin_any(const struct cm_origin_policy *p)
     return p->any;
 }
 
+/* localhost, 127.0.0.0/8 or ::1 (host without brackets, lower case). */
 static int is_loopback_name(const char *host)
 {
-    return strcmp(host, "localhost") == 0 || strcmp(host, "127.0.0.1") == 0 ||
-           strcmp(host, "::1") == 0;
+    struct in_addr a4;
+    struct in6_addr a6;
+    if (strcmp(host, "localhost") == 0)
+        return 1;
+    if (inet_pton(AF_INET, host, &a4) == 1)
+        return (ntohl(a4.s_addr) >> 24) == 127;
+    return inet_pton(AF_INET6, host, &a6) == 1 && IN6_IS_ADDR_LOOPBACK(&a6);
 }
 
-/* Same origin: the Origin's host and port are the request's Host (whose
- * port defaults to the Origin scheme's, as the Host header has no scheme). */
-static int same_as_host(const struct origin *o, const char *host)
+/* A Host header ("name[:port]") that names this machine's loopback. Any
+ * other name may be an attacker's domain re-pointed at us (DNS rebinding):
+ * a page there is "same origin" with it. */
+static int host_is_loopback(const char *host)
 {
     if (!host || !*host || strlen(host) > 300)
         return 0;
     char buf[320];
-    snprintf(buf, sizeof buf, "%s://%s", o->scheme, host);
+    snprintf(buf, sizeof buf, "http://%s", host);
     struct origin h;
     if (origin_parse(buf, &h) != 0)
         return 0;
-    int same = origin_equal(o, &h);
+    int ok = is_loopback_name(h.host);
     origin_clear(&h);
-    return same;
+    return ok;
 }
 
 int cm_origin_allowed(const struct cm_origin_policy *p, const char *origin, const char *host)
@@ -164,7 +173,7 @@ int cm_origin_allowed(const struct cm_origin_policy *p, const char *origin, cons
     int ok = 0;
     if (p->n == 0) {
         ok = (strcmp(o.scheme, "http") == 0 || strcmp(o.scheme, "https") == 0) &&
-             (is_loopback_name(o.host) || same_as_host(&o, host));
+             is_loopback_name(o.host) && host_is_loopback(host);
     } else {
         for (size_t i = 0; i < p->n && !ok; i++)
             ok = origin_equal(&o, &p->list[i]);

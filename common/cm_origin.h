@@ -3,9 +3,13 @@
  * the one check behind CORS and the WebSocket Origin check).
  *
  * A policy comes from a comma-separated list (LLM_PROXY_ALLOWED_ORIGINS):
- *   - ""/NULL (the default): origins whose host is localhost, 127.0.0.1 or
- *     [::1] (any scheme http/https, any port), and the origin that names the
- *     request's own Host (same-origin pages).
+ *   - ""/NULL (the default): pages on this machine only: an Origin whose
+ *     host is localhost, 127.0.0.0/8 or [::1] (scheme http/https, any
+ *     port), and only while the request's Host header is such a loopback
+ *     name as well. Any other Host may be an attacker's domain re-pointed at
+ *     127.0.0.1 (DNS rebinding), whose pages would otherwise be "same origin"
+ *     with the proxy: every browser request (one carrying an Origin) under
+ *     another Host is refused unless the operator lists its origin.
  *   - "*": every origin.
  *   - "https://chat.example.com, http://localhost:3000": exactly these
  *     (scheme, host and port compared case-insensitively; a default port

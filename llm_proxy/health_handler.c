@@ -7,6 +7,7 @@
 #include "cm_mem_budget.h"
 
 #include <event2/buffer.h>
+#include <event2/event.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
@@ -19,16 +20,24 @@ void health_handle_live(struct cm_req *r, void *arg)
 
 /*
  * /ready: one cached probe round. At most one round is in flight: it sends
- * GET /api/version to every host at once; every /ready arriving meanwhile
- * waits for its result, and the result answers every /ready for
- * READY_CACHE_TTL. The probes run on their own HTTP client with no slot
- * cap, so they never take (or wait for) one of the LLM_PROXY_MAX_UPSTREAM
- * slots chat and embeddings use: a flood of unauthenticated /ready costs
- * at most one request per host per TTL.
+ * GET /api/version to every host at once. The result answers every /ready
+ * for READY_CACHE_TTL; once it is older, the next /ready starts a round and
+ * meanwhile every /ready is answered from the previous result (so it is at
+ * most READY_CACHE_TTL plus one probe, CONNECT_TIMEOUT + 1 s, old). Without
+ * such a result (the first probe, or the last one is older after a quiet
+ * spell) /ready requests wait for the round - until one host answers usable
+ * (200), all answer, or READY_WAIT_MAX passes (503 "probe in progress").
+ * When the server drains, waiters get 503 "shutting down" at once. The
+ * probes run on their own HTTP client with no slot cap, so they never take
+ * (or wait for) one of the LLM_PROXY_MAX_UPSTREAM slots chat and embeddings
+ * use: a flood of unauthenticated /ready costs at most one request per host
+ * per TTL.
  *
  * Ready: at least one host answered the probe and is HEALTHY in the pool
  * (upstream_pool.h). The body lists each host's state.
  */
+#define READY_WAIT_MAX 1.0 /* seconds a /ready waits for a probe round */
+
 struct ready_waiter {
     struct ready_probe *p;
     struct cm_req *r;
@@ -40,6 +49,7 @@ struct ready_host {
     struct upstream_host *h;
     struct cm_hc_req *inflight;
     int ok;
+    int answered; /* in the current round */
     char version[64];
     char reason[300];
 };
@@ -52,6 +62,7 @@ struct ready_probe {
     unsigned pending;  /* probes of the current round still in flight */
     double checked_at; /* monotonic seconds; 0 = never */
     struct ready_waiter *waiters;
+    struct event *wait_timer; /* bounds the waiters' wait (owned) */
 };
 
 static double mono_now(void)
@@ -113,6 +124,43 @@ static void waiter_abort(struct cm_req *r, void *arg)
     free(w);
 }
 
+/* Answers every waiter: from the probe result (reason NULL) or 503 with
+ * reason. */
+static void answer_waiters(struct ready_probe *p, const char *reason)
+{
+    if (p->wait_timer)
+        event_del(p->wait_timer);
+    while (p->waiters) {
+        struct ready_waiter *w = p->waiters;
+        waiter_unlink(w);
+        struct cm_req *r = w->r;
+        free(w);
+        cm_req_on_abort(r, NULL, NULL);
+        if (reason)
+            cm_req_reply_json(r, 503,
+                              json_pack("{s:s, s:s}", "status", "not_ready", "reason", reason));
+        else
+            ready_answer(p, r);
+    }
+}
+
+static void wait_timeout_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    answer_waiters(arg, "upstream probe still in progress");
+}
+
+/* A host of the current round has answered and is usable. */
+static int round_usable(const struct ready_probe *p)
+{
+    for (size_t i = 0; i < p->n; i++)
+        if (p->hosts[i].answered && p->hosts[i].ok &&
+            upstream_host_state(p->hosts[i].h) == UPSTREAM_HEALTHY)
+            return 1;
+    return 0;
+}
+
 static void probe_done(struct cm_hc_req *up, enum cm_hc_result result, long status,
                        struct evbuffer *body, const char *errmsg, void *arg)
 {
@@ -135,17 +183,16 @@ static void probe_done(struct cm_hc_req *up, enum cm_hc_result result, long stat
             snprintf(rh->reason, sizeof rh->reason, "ollama answered HTTP %ld", status);
         CM_WARN(NULL, "not_ready", "host=%s %s", upstream_host_label(rh->h), rh->reason);
     }
-    if (--p->pending)
+    rh->answered = 1;
+    if (--p->pending) {
+        /* One usable host makes the answer "ready": no need to wait for
+         * the slow ones. */
+        if (round_usable(p))
+            answer_waiters(p, NULL);
         return;
-    p->checked_at = mono_now();
-    while (p->waiters) {
-        struct ready_waiter *w = p->waiters;
-        waiter_unlink(w);
-        struct cm_req *r = w->r;
-        free(w);
-        cm_req_on_abort(r, NULL, NULL);
-        ready_answer(p, r);
     }
+    p->checked_at = mono_now();
+    answer_waiters(p, NULL);
 }
 
 static struct ready_probe *probe_get(struct proxy *px)
@@ -156,9 +203,11 @@ static struct ready_probe *probe_get(struct proxy *px)
         p->hc = cm_hc_new(px->base);
         p->n = upstream_pool_size(px->pool);
         p->hosts = cm_xcalloc(p->n, sizeof *p->hosts);
+        p->wait_timer = evtimer_new(px->base, wait_timeout_cb, p);
         for (size_t i = 0; i < p->n; i++) {
             p->hosts[i].p = p;
             p->hosts[i].h = upstream_pool_host(px->pool, i);
+            snprintf(p->hosts[i].reason, sizeof p->hosts[i].reason, "probe in progress");
         }
         px->ready = p;
     }
@@ -171,6 +220,7 @@ static int round_start(struct ready_probe *p, const char *request_id)
     struct proxy *px = p->px;
     for (size_t i = 0; i < p->n; i++) {
         struct ready_host *rh = &p->hosts[i];
+        rh->answered = 0;
         char *url = upstream_host_url(rh->h, "/api/version");
         struct cm_hc_opts o = {.method = "GET",
                                .url = url,
@@ -200,12 +250,17 @@ void health_handle_ready(struct cm_req *r, void *arg)
         return;
     }
     struct ready_probe *p = probe_get(px);
-    if (p->checked_at > 0 && mono_now() - p->checked_at < px->cfg.ready_cache_ttl && !p->pending) {
-        ready_answer(p, r);
+    double age = p->checked_at > 0 ? mono_now() - p->checked_at : -1;
+    if (!(age >= 0 && age < px->cfg.ready_cache_ttl) && !p->pending &&
+        round_start(p, cm_req_id(r)) != 0) {
+        cm_req_reply_json(r, 503, json_pack("{s:s}", "status", "not_ready"));
         return;
     }
-    if (!p->pending && round_start(p, cm_req_id(r)) != 0) {
-        cm_req_reply_json(r, 503, json_pack("{s:s}", "status", "not_ready"));
+    /* Fresh, or the last result while a round runs: no older than the TTL
+     * plus one probe (an older one, after a quiet spell, is not served). */
+    if ((age >= 0 && age < px->cfg.ready_cache_ttl + px->cfg.connect_timeout + 1) ||
+        (p->pending && round_usable(p))) {
+        ready_answer(p, r);
         return;
     }
     struct ready_waiter *w = cm_xcalloc(1, sizeof *w);
@@ -216,6 +271,18 @@ void health_handle_ready(struct cm_req *r, void *arg)
         p->waiters->prev = w;
     p->waiters = w;
     cm_req_on_abort(r, waiter_abort, w);
+    if (p->wait_timer && !evtimer_pending(p->wait_timer, NULL)) {
+        struct timeval tv = {
+            (time_t)READY_WAIT_MAX,
+            (suseconds_t)((READY_WAIT_MAX - (double)(long long)READY_WAIT_MAX) * 1e6)};
+        evtimer_add(p->wait_timer, &tv);
+    }
+}
+
+void health_ready_drain(struct proxy *px)
+{
+    if (px->ready)
+        answer_waiters(px->ready, "shutting down");
 }
 
 void health_ready_free(struct proxy *px)
@@ -225,6 +292,8 @@ void health_ready_free(struct proxy *px)
         return;
     /* The server (freed first) has already aborted every waiter. */
     cm_hc_free(p->hc); /* cancels probes in flight, no callback */
+    if (p->wait_timer)
+        event_free(p->wait_timer);
     free(p->hosts);
     free(p);
     px->ready = NULL;

@@ -106,6 +106,7 @@ static void signal_cb(evutil_socket_t sig, short what, void *arg)
     CM_INFO(NULL, "shutdown", "signal %d: draining %u request(s), grace %.1fs", (int)sig,
             cm_http_server_inflight(app->px.srv), app->px.cfg.shutdown_grace);
     cm_http_server_drain(app->px.srv);
+    health_ready_drain(&app->px);
     ws_drain_all(&app->px);
     struct timeval poll = {0, 20000};
     app->drain_timer = event_new(app->px.base, -1, EV_PERSIST, drain_check_cb, app);

@@ -45,6 +45,8 @@ void models_handle_get(struct cm_req *r, void *arg);
 void health_handle_live(struct cm_req *r, void *arg);
 void health_handle_ready(struct cm_req *r, void *arg);
 void health_handle_metrics(struct cm_req *r, void *arg);
+/* The server drains: /ready requests waiting for a probe get 503 now. */
+void health_ready_drain(struct proxy *px);
 /* Frees /ready's probe state (cancels a probe in flight). */
 void health_ready_free(struct proxy *px);
 void ws_handle_upgrade(struct cm_req *r, void *arg);

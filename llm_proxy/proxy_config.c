@@ -130,8 +130,9 @@
              NULL,                                                                                 \
              0,                                                                                    \
              &(cfg)->allowed_origins,                                                              \
-             "Browser origins allowed (CORS, WebSocket): comma list or *; unset = localhost and "  \
-             "same-origin only"},                                                                  \
+             "Browser origins allowed (CORS, WebSocket): comma list or *; unset = loopback "       \
+             "pages only, and only while the proxy is addressed as localhost/127.x/[::1] (DNS "    \
+             "rebinding)"},                                                                        \
             {"LLM_PROXY_MAX_CONNECTIONS",                                                          \
              CM_CFG_INT,                                                                           \
              "16384",                                                                              \
@@ -240,8 +241,8 @@
              NULL,                                                                                 \
              0,                                                                                    \
              &(cfg)->max_body_memory,                                                              \
-             "Request bodies and their parsed/translated forms in memory at once, all requests "   \
-             "together (503 overloaded above)"},                                                   \
+             "Request bodies, WebSocket messages and their parsed/translated forms in memory at "  \
+             "once, all requests together (503 overloaded / close 1013 above)"},                   \
             {"READY_CACHE_TTL",                                                                    \
              CM_CFG_SECONDS,                                                                       \
              "1",                                                                                  \

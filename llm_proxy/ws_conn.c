@@ -5,6 +5,7 @@
 #include "cm_alloc.h"
 #include "cm_http_server.h"
 #include "cm_log.h"
+#include "cm_mem_budget.h"
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
@@ -71,6 +72,17 @@ static void output_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info,
 
 /* ------------------------------------------------------------ lifecycle */
 
+/* The message being received is held in the request memory budget
+ * (LLM_PROXY_MAX_BODY_MEMORY) for its whole allocation. */
+static void msg_free(struct ws_conn *c)
+{
+    cm_mem_budget_release(c->msg_cap);
+    free(c->msg);
+    c->msg = NULL;
+    c->msg_len = c->msg_cap = 0;
+    c->in_message = 0;
+}
+
 static void destroy(struct ws_conn *c)
 {
     if (c->h->on_closed)
@@ -80,7 +92,7 @@ static void destroy(struct ws_conn *c)
     event_free(c->deadline);
     if (c->ctx)
         wslay_event_context_free(c->ctx);
-    free(c->msg);
+    msg_free(c);
     evbuffer_remove_cb_entry(bufferevent_get_output(c->bev), c->out_entry);
     c->release(c->release_arg);
     free(c);
@@ -256,10 +268,7 @@ static void fail_in_wslay(struct ws_conn *c, uint16_t code, const char *reason)
 {
     wslay_event_queue_close(c->ctx, code, (const uint8_t *)reason, strlen(reason));
     wslay_event_shutdown_read(c->ctx);
-    free(c->msg);
-    c->msg = NULL;
-    c->msg_len = c->msg_cap = 0;
-    c->in_message = 0;
+    msg_free(c);
 }
 
 static void frame_start_cb(wslay_event_context_ptr ctx,
@@ -304,6 +313,10 @@ static void frame_chunk_cb(wslay_event_context_ptr ctx,
             cap *= 2;
         if (cap > c->cfg.max_message)
             cap = c->cfg.max_message;
+        if (cm_mem_budget_reserve(cap - c->msg_cap) != 0) {
+            fail_in_wslay(c, 1013, "server overloaded; retry later"); /* RFC 6455 7.4.1 */
+            return;
+        }
         c->msg = cm_xrealloc(c->msg, cap);
         c->msg_cap = cap;
     }
@@ -326,7 +339,7 @@ static void on_msg_cb(wslay_event_context_ptr ctx, const struct wslay_event_on_m
     switch (m->opcode) {
     case WSLAY_TEXT_FRAME: {
         char *msg = c->msg;
-        size_t len = c->msg_len;
+        size_t len = c->msg_len, cap = c->msg_cap;
         c->msg = NULL;
         c->msg_len = c->msg_cap = 0;
         c->in_message = 0;
@@ -335,6 +348,7 @@ static void on_msg_cb(wslay_event_context_ptr ctx, const struct wslay_event_on_m
         if (c->state < WS_CLOSING && wslay_event_want_read(ctx))
             c->h->on_text(c->arg, msg ? msg : "", len);
         free(msg);
+        cm_mem_budget_release(cap);
         break;
     }
     case WSLAY_PONG:
@@ -369,10 +383,7 @@ static const struct wslay_event_callbacks *callbacks(void)
 static void recv_failed(struct ws_conn *c)
 {
     CM_INFO(c->req_id, "ws_protocol_error", "invalid frame; closing");
-    free(c->msg);
-    c->msg = NULL;
-    c->msg_len = c->msg_cap = 0;
-    c->in_message = 0;
+    msg_free(c);
     if (c->clean_output && !wslay_event_get_close_sent(c->ctx)) {
         wslay_event_context_free(c->ctx);
         c->ctx = NULL;

@@ -71,18 +71,84 @@ test('memory budget: many tiny messages are translated one by one (fit), a value
   }
 });
 
-test('memory budget: bodies count while they arrive; an upload over the budget is paused, its bytes released when it goes', async () => {
-  const p = await startProxy({ LLM_PROXY_MAX_BODY_MEMORY: '1MiB', MAX_BODY_BYTES: '8MiB' }, { upstream: double });
+// A raw connection; resolves sock.until(pred) once pred(text so far) holds or
+// the connection closed.
+async function rawConn(port) {
   const net = await import('node:net');
+  const sock = net.connect(port, '127.0.0.1');
+  sock.text = '';
+  sock.gone = false;
+  sock.on('error', () => {});
+  sock.on('data', (d) => { sock.text += d.toString('latin1'); sock.emit('more'); });
+  sock.on('close', () => { sock.gone = true; sock.emit('more'); });
+  await new Promise((r) => sock.once('connect', r));
+  sock.until = async (pred) => {
+    while (!pred(sock.text) && !sock.gone) await new Promise((r) => sock.once('more', r));
+    return sock.text;
+  };
+  return sock;
+}
+
+test('memory budget: a Content-Length upload that cannot fit is refused at once (503 overloaded, Retry-After), before its body', async () => {
+  const p = await startProxy({ LLM_PROXY_MAX_BODY_MEMORY: '1MiB', MAX_BODY_BYTES: '8MiB' }, { upstream: double });
+  try {
+    const before = rejected(await metrics(p), 'body_budget');
+    for (const expect of ['', 'Expect: 100-continue\r\n']) {
+      const a = await rawConn(p.port);
+      // Only the head: the answer must not wait for (or read) the body.
+      a.write('POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n' +
+        `${expect}Content-Length: 4500000\r\n\r\n`);
+      const text = await a.until((t) => /\r\n\r\n[\s\S]*\}\n/.test(t));
+      assert.match(text, /^HTTP\/1\.1 503 Service Unavailable\r\n/, text);
+      assert.match(text, /\r\nRetry-After: 1\r\n/i);
+      assert.match(text, /\r\nConnection: close\r\n/i);
+      const body = JSON.parse(text.slice(text.indexOf('\r\n\r\n') + 4));
+      assert.equal(body.error.code, 'overloaded');
+      assert.equal(body.error.type, 'service_unavailable_error');
+      a.destroy();
+    }
+    assert.equal(rejected(await metrics(p), 'body_budget'), before + 2);
+    // What fits is admitted as before.
+    const ok = await postJson(`${p.url}/v1/chat/completions`, chatBody('fits'));
+    assert.equal(ok.status, 200, ok.text);
+  } finally {
+    await p.stop();
+  }
+});
+
+test('memory budget: heads alone hold nothing (bodies count as they arrive, not as announced)', async () => {
+  const p = await startProxy({ LLM_PROXY_MAX_BODY_MEMORY: '1MiB', MAX_BODY_BYTES: '8MiB' }, { upstream: double });
+  const socks = [];
+  try {
+    // Three uploads announced (each fits alone) whose bodies never come:
+    // reserving what they announce would lock the budget for the read
+    // timeout for a few hundred bytes sent.
+    for (let i = 0; i < 3; i++) {
+      const a = await rawConn(p.port);
+      socks.push(a);
+      a.write('POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n' +
+        'Expect: 100-continue\r\nContent-Length: 900000\r\n\r\n');
+      assert.match(await a.until((t) => t.includes('\r\n\r\n')), /^HTTP\/1\.1 100 Continue\r\n/);
+    }
+    const res = await postJson(`${p.url}/v1/chat/completions`, chatBody('x'.repeat(200 * 1024)));
+    assert.equal(res.status, 200, res.text);
+  } finally {
+    for (const a of socks) a.destroy();
+    await p.stop();
+  }
+});
+
+test('memory budget: a chunked upload counts while it arrives, is paused over the budget, its bytes released when it goes', async () => {
+  const p = await startProxy({ LLM_PROXY_MAX_BODY_MEMORY: '1MiB', MAX_BODY_BYTES: '8MiB' }, { upstream: double });
   const bodyMemory = async () => Number((await metrics(p)).match(/^llm_proxy_body_memory_bytes (\d+)/m)[1]);
   try {
-    // A slow upload of 4 MB that never finishes, far beyond the budget.
-    const a = net.connect(p.port, '127.0.0.1');
-    a.on('error', () => {});
-    await new Promise((r) => a.once('connect', r));
-    a.write('POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 4500000\r\n\r\n');
+    // A slow chunked upload of 4 MB that never finishes, far beyond the
+    // budget (its size is not announced, so it cannot be refused ahead).
+    const a = await rawConn(p.port);
+    a.write('POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n' +
+      `Transfer-Encoding: chunked\r\n\r\n${(4500000).toString(16)}\r\n`);
     a.write(Buffer.alloc(4 * 1024 * 1024, 0x20));
-    // Counted from its first bytes (before, only dispatched bodies were)...
+    // Counted from its first bytes...
     let seen;
     while ((seen = await bodyMemory()) < 1024 * 1024);
     // ...and read no further than the budget (plus what one read brings).
@@ -130,6 +196,55 @@ test('/ready is one cached probe: 300 concurrent /ready make one upstream call',
   } finally {
     await p.stop();
   }
+});
+
+test('/ready while a probe hangs answers from the last result at once, not after the probe', async () => {
+  const dbl = await startDouble();
+  const p = await startProxy({ READY_CACHE_TTL: '0', CONNECT_TIMEOUT: '30' }, { upstream: dbl });
+  try {
+    const first = await fetch(`${p.url}/ready`);
+    assert.equal(first.status, 200);
+    const probes = (await dbl.stats()).requests['/api/version'];
+    await fetch(`${dbl.url}/_double/fault?mode=hang`, { method: 'POST' });
+    // Expired (TTL 0): this starts a probe that hangs (up to 31 s); the
+    // answer is the previous result meanwhile.
+    const res = await fetch(`${p.url}/ready`);
+    assert.equal(res.status, 200);
+    assert.equal((await res.json()).status, 'ready');
+    assert.equal((await dbl.stats()).requests['/api/version'], probes + 1, 'one probe in flight');
+    // Still one probe in flight, however many ask.
+    const all = await Promise.all(Array.from({ length: 20 }, () => fetch(`${p.url}/ready`).then((r) => r.status)));
+    assert.deepEqual([...new Set(all)], [200]);
+    assert.equal((await dbl.stats()).requests['/api/version'], probes + 1);
+  } finally {
+    await p.stop();
+    await dbl.stop();
+  }
+});
+
+test('/ready before any probe result: a short wait then 503 "probe in progress"; on SIGTERM waiters get 503 at once', async () => {
+  const dbl = await startDouble();
+  await fetch(`${dbl.url}/_double/fault?mode=hang`, { method: 'POST' });
+  const p = await startProxy({ CONNECT_TIMEOUT: '30' }, { upstream: dbl });
+  try {
+    const res = await fetch(`${p.url}/ready`);
+    assert.equal(res.status, 503);
+    assert.deepEqual(await res.json(), { status: 'not_ready', reason: 'upstream probe still in progress' });
+  } finally {
+    await p.stop();
+  }
+  // Draining: a waiting /ready is answered, not dropped with the connection.
+  const q = await startProxy({ CONNECT_TIMEOUT: '30' }, { upstream: dbl });
+  const probes = (await dbl.stats()).requests['/api/version'] || 0;
+  const waiting = fetch(`${q.url}/ready`);
+  while (((await dbl.stats()).requests['/api/version'] || 0) === probes);
+  const exit = q.exited();
+  q.proc.kill('SIGTERM');
+  const drained = await waiting;
+  assert.equal(drained.status, 503);
+  assert.deepEqual(await drained.json(), { status: 'not_ready', reason: 'shutting down' });
+  assert.equal(await exit, 0);
+  await dbl.stop();
 });
 
 test('an unauthenticated flood of /health, /ready, /metrics causes no 429/503 for authenticated API calls', async () => {

@@ -205,8 +205,157 @@ test('a chunk-size line without end (evhttp would buffer it all) closes the conn
     'Transfer-Encoding: chunked\r\n\r\n5;');
   const junk = 'a'.repeat(64 * 1024);
   while (!sock.gone) {
-    if (!sock.write(junk)) await Promise.race([once(sock, 'drain'), once(sock, 'close')]);
+    if (!sock.write(junk)) await new Promise((r) => { sock.once('drain', r); sock.once('close', r); });
     await new Promise((r) => setImmediate(r));
   }
   assert.match(proxy.logs.text, /chunk_line_too_long/);
+});
+
+// Framing the tracker in front of evhttp must never lose (cm_http_track.h):
+// each of these heads used to turn it off, after which the body bytes were
+// neither charged to the memory budget nor bounded per chunk-size line.
+// Now each is refused at once: one 400 naming the problem, the connection
+// closed, nothing behind it served.
+// Each entry: the headers and body (b = a chat body) after the Host line.
+const chunked = (b) => `${b.length.toString(16)}\r\n${b}\r\n0\r\n\r\n`;
+const refusedHeads = [
+  ['an obs-fold continuation line', (b) => `X-Pad: a\r\n b\r\nContent-Length: 60000\r\n\r\n${b}`, 'obsolete_line_folding'],
+  ['a NUL in Transfer-Encoding', (b) => `Transfer-Encoding: chunked\0x\r\n\r\n${chunked(b)}`, 'invalid_header'],
+  ['a NUL in Content-Length', (b) => `Content-Length: ${b.length}\0junk\r\n\r\n${b}`, 'invalid_header'],
+  ['a NUL line', (b) => `\0\r\nContent-Length: ${b.length}\r\n\r\n${b}`, 'invalid_header'],
+  ['a bare CR in a header', (b) => `X-Pad: a\rb\r\nContent-Length: ${b.length}\r\n\r\n${b}`, 'invalid_header'],
+  ['whitespace before the colon', (b) => `Transfer-Encoding : chunked\r\n\r\n${chunked(b)}`, 'invalid_header'],
+  ['Content-Length +N', (b) => `Content-Length: +${b.length}\r\n\r\n${b}`, 'invalid_content_length'],
+  ['Content-Length -0', () => 'Content-Length: -0\r\n\r\n', 'invalid_content_length'],
+  ['Content-Length "N, N"', (b) => `Content-Length: ${b.length}, ${b.length}\r\n\r\n${b}`, 'invalid_content_length'],
+  ['an empty Content-Length', () => 'Content-Length:\r\n\r\n', 'invalid_content_length'],
+  ['a Content-Length of 40 digits', () => `Content-Length: ${'9'.repeat(40)}\r\n\r\n`, 'invalid_content_length'],
+  ['Transfer-Encoding "chunked, chunked"', (b) => `Transfer-Encoding: chunked, chunked\r\n\r\n${chunked(b)}`, 'invalid_transfer_encoding'],
+  ['Transfer-Encoding "gzip"', (b) => `Transfer-Encoding: gzip\r\nContent-Length: ${b.length}\r\n\r\n${b}`, 'invalid_transfer_encoding'],
+];
+for (const [name, rest, code] of refusedHeads) {
+  test(`head with ${name}: one 400 (${code}) at once, closed, nothing served`, async () => {
+    const before = (await double.stats()).requests['/api/chat'] || 0;
+    const body = JSON.stringify(chatBody('should not run'));
+    const sock = await raw(proxy.port);
+    sock.write('POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n' +
+      `${rest(body)}GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n`);
+    const text = await sock.until(() => false);
+    assert.equal(statusLines(text).length, 1, text);
+    const res = parseResponse(text);
+    assert.equal(res.status, 400, text);
+    assert.equal(res.headers.connection, 'close');
+    assert.equal(JSON.parse(res.body).error.code, code, res.body);
+    assert.equal((await double.stats()).requests['/api/chat'] || 0, before);
+  });
+}
+
+test('a Transfer-Encoding value padded past 256 bytes is still tracked: the chunk-size line cap applies', async () => {
+  const sock = await raw(proxy.port);
+  const closedBefore = (proxy.logs.text.match(/chunk_line_too_long/g) || []).length;
+  sock.write('POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n' +
+    `Transfer-Encoding:${' '.repeat(300)}chunked\r\n\r\n5;`);
+  const junk = 'a'.repeat(64 * 1024);
+  while (!sock.gone) {
+    if (!sock.write(junk)) await new Promise((r) => { sock.once('drain', r); sock.once('close', r); });
+    await new Promise((r) => setImmediate(r));
+  }
+  await new Promise((r) => setImmediate(r));
+  assert.equal((proxy.logs.text.match(/chunk_line_too_long/g) || []).length, closedBefore + 1, 'closed by the cap');
+});
+
+// RFC 9112 §7.1: chunk-size = 1*HEXDIG. evhttp reads it with strtoll, which
+// takes "0x41", "+41", " 41" and a line of spaces (as 0: the last chunk).
+const badChunkSizes = [['0x prefix', (n) => `0x${n}`], ['+ sign', (n) => `+${n}`], ['a leading space', (n) => ` ${n}`],
+  ['spaces only', () => '   '], ['";" only', () => ';ext'], ['a CR inside', (n) => `\r${n}`]];
+for (const [name, line] of badChunkSizes) {
+  test(`chunk size with ${name}: one 400 invalid_chunk_size, closed, nothing served`, async () => {
+    const before = (await double.stats()).requests['/api/chat'] || 0;
+    const body = JSON.stringify(chatBody('bad chunk'));
+    const sock = await raw(proxy.port);
+    sock.write('POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n' +
+      `Transfer-Encoding: chunked\r\n\r\n${line(body.length.toString(16))}\r\n${body}\r\n0\r\n\r\n` +
+      'GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n');
+    const text = await sock.until(() => false);
+    assert.equal(statusLines(text).length, 1, text);
+    const res = parseResponse(text);
+    assert.equal(res.status, 400, text);
+    assert.equal(JSON.parse(res.body).error.code, 'invalid_chunk_size');
+    assert.equal((await double.stats()).requests['/api/chat'] || 0, before);
+  });
+}
+
+test('legal framing still passes: leading zeros, tabs as whitespace, upper-case hex and "Chunked"', async () => {
+  const b1 = JSON.stringify(chatBody('zeros'));
+  const b2 = JSON.stringify(chatBody('tabs'));
+  const sock = await raw(proxy.port);
+  sock.write('POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n' +
+    `Content-Length: 000${b1.length}\r\n\r\n${b1}` +
+    'POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n' +
+    `Transfer-Encoding:\tChunked\t\r\nConnection: close\r\n\r\n` +
+    `00${b2.length.toString(16).toUpperCase()}\t;e=1\r\n${b2}\r\n0\r\n\r\n`);
+  const text = await sock.until(() => false);
+  assert.equal(statusLines(text).length, 2, text);
+  assert.match(text, /Echo: zeros/);
+  assert.match(text, /Echo: tabs/);
+});
+
+test('HTTP/1.0 with Transfer-Encoding: chunked is faulty framing: one 400, closed (RFC 9112 §6.1)', async () => {
+  const body = JSON.stringify(chatBody('old chunked'));
+  const sock = await raw(proxy.port);
+  sock.write('POST /v1/chat/completions HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n' +
+    `${body.length.toString(16)}\r\n${body}\r\n0\r\n\r\nGET /v1/models HTTP/1.0\r\nConnection: keep-alive\r\n\r\n`);
+  const text = await sock.until(() => false);
+  assert.equal(statusLines(text).length, 1, text);
+  const res = parseResponse(text);
+  assert.equal(res.status, 400);
+  assert.equal(JSON.parse(res.body).error.code, 'invalid_transfer_encoding');
+});
+
+test('evhttp\'s own refusals carry their right reason phrase (417, 501)', async () => {
+  let sock = await raw(proxy.port);
+  sock.write('POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nExpect: foo\r\nContent-Length: 2\r\n\r\n{}');
+  let text = await sock.until(() => false);
+  assert.match(text, /^HTTP\/1\.1 417 Expectation Failed\r\n/);
+  assert.equal(JSON.parse(parseResponse(text).body).error.code, 'expectation_failed');
+  sock = await raw(proxy.port);
+  sock.write('TRACE / HTTP/1.1\r\nHost: x\r\n\r\n');
+  text = await sock.until(() => false);
+  assert.match(text, /^HTTP\/1\.1 501 Not Implemented\r\n/);
+  assert.equal(JSON.parse(parseResponse(text).body).error.code, 'method_not_supported');
+});
+
+// DNS rebinding: evil.example re-pointed at 127.0.0.1 makes the victim's
+// browser send Host: evil.example:<port> and Origin: http://evil.example:<port>
+// - "same origin". Under the default policy a browser request is served
+// only while the Host is a loopback name; clients without an Origin (SDKs,
+// curl, other containers by service name) are not concerned.
+async function request(head, body = '') {
+  const sock = await raw(proxy.port);
+  sock.write(`${head}Content-Length: ${body.length}\r\nConnection: close\r\n\r\n${body}`);
+  return parseResponse(await sock.until(() => false));
+}
+test('DNS rebinding: an Origin under a non-loopback Host gets 403 origin_not_allowed; no Origin works under any Host', async () => {
+  const before = (await double.stats()).requests['/api/chat'] || 0;
+  const body = JSON.stringify(chatBody('rebinding'));
+  const post = (host, origin) => request('POST /v1/chat/completions HTTP/1.1\r\n' +
+    `Host: ${host}\r\n${origin ? `Origin: ${origin}\r\n` : ''}Content-Type: application/json\r\n`, body);
+  for (const [host, origin] of [[`evil.example:${proxy.port}`, `http://evil.example:${proxy.port}`],
+    [`evil.example:${proxy.port}`, 'http://localhost:5173'], ['127.0.0.1.evil.example', 'http://127.0.0.1']]) {
+    const res = await post(host, origin);
+    assert.equal(res.status, 403, `${host} ${origin}: ${res.body}`);
+    assert.equal(JSON.parse(res.body).error.code, 'origin_not_allowed');
+    assert.equal(res.headers['access-control-allow-origin'], undefined);
+  }
+  const pre = await request(`OPTIONS /v1/chat/completions HTTP/1.1\r\nHost: evil.example:${proxy.port}\r\n` +
+    `Origin: http://evil.example:${proxy.port}\r\nAccess-Control-Request-Method: POST\r\n`);
+  assert.equal(pre.status, 403);
+  assert.equal((await double.stats()).requests['/api/chat'] || 0, before, 'no chat may run');
+  // Containers reach the proxy by service name, without an Origin.
+  assert.equal((await post('llm_proxy:8000')).status, 200);
+  // A page on this machine, addressing the proxy by a loopback name.
+  const local = await post(`127.0.0.1:${proxy.port}`, 'http://localhost:5173');
+  assert.equal(local.status, 200);
+  assert.equal(local.headers['access-control-allow-origin'], 'http://localhost:5173');
+  assert.equal((await post(`localhost:${proxy.port}`, `http://localhost:${proxy.port}`)).status, 200);
 });

@@ -84,7 +84,7 @@ async function rawSocket(p, extraHeaders = '') {
     }
   };
   const key = crypto.randomBytes(16).toString('base64');
-  sock.write(`GET /ws/chat HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: ${key}\r\nSec-WebSocket-Version: 13\r\n${extraHeaders}\r\n`);
+  sock.write(`GET /ws/chat HTTP/1.1\r\nHost: 127.0.0.1:${p.port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: ${key}\r\nSec-WebSocket-Version: 13\r\n${extraHeaders}\r\n`);
   await sock.waitFor((b) => b.includes('\r\n\r\n'));
   const i = sock.buf.indexOf('\r\n\r\n');
   sock.head = sock.buf.slice(0, i).toString();
@@ -368,6 +368,48 @@ describe('6. smaller', () => {
       sock.write(bytes);
       assert.equal(await closeCode(sock), 1002, name);
       sock.destroy();
+    }
+  });
+});
+
+describe('7. WebSocket messages and the request memory budget', () => {
+  test('a message being received is held in LLM_PROXY_MAX_BODY_MEMORY: over it, close 1013, nothing past the limit', async () => {
+    const p = await startProxy({ LLM_PROXY_MAX_BODY_MEMORY: '4MiB', WS_MAX_MESSAGE_BYTES: '1MiB' }, { upstream: double });
+    const gauge = async () => Number((await (await fetch(`${p.url}/metrics`)).text())
+      .match(/^llm_proxy_body_memory_bytes (\d+)/m)[1]);
+    const socks = [];
+    try {
+      let accepted = 0, refused = 0;
+      for (let i = 0; i < 8; i++) {
+        const sock = await rawSocket(p);
+        assert.match(sock.head, /^HTTP\/1\.1 101/);
+        socks.push(sock);
+        const before = await gauge();
+        // 900 KiB of a message that never ends (no final frame).
+        sock.write(frame(0x1, `{"type":"chat","id":"${i}","x":"${'x'.repeat(900 * 1024)}`, { fin: false, lenForm: '64' }));
+        let code = null;
+        for (;;) { // until it is counted or refused
+          const c = parseFrames(sock.buf).find((f) => f.op === 0x8);
+          if (c) { code = c.payload.readUInt16BE(0); break; }
+          if ((await gauge()) >= before + 1000 * 1024) break; // its final 1 MiB buffer
+        }
+        if (code === null) accepted++;
+        else { assert.equal(code, 1013); refused++; }
+        assert.ok((await gauge()) <= 4 * 1024 * 1024, 'never past the budget');
+      }
+      assert.ok(accepted >= 1 && refused >= 4, `accepted ${accepted}, refused ${refused}`);
+      for (const s of socks) s.destroy();
+      while ((await gauge()) > 256 * 1024); // released with the connections
+      const ws = await connect(p);
+      ws.sendJson(chat('after', 'hello'));
+      for (;;) {
+        const m = await ws.next();
+        if (m.type === 'done' || m.type === 'error') { assert.equal(m.type, 'done'); break; }
+      }
+      ws.close();
+    } finally {
+      for (const s of socks) s.destroy();
+      await p.stop();
     }
   });
 });

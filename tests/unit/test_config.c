@@ -160,18 +160,27 @@ static void origin_policy(void)
     char err[200];
     struct cm_origin_policy *def = cm_origin_policy_new(NULL, err, sizeof err);
     CHECK(def != NULL);
-    CHECK(cm_origin_allowed(def, NULL, "proxy:8000"));                    /* not a browser */
-    CHECK(cm_origin_allowed(def, "http://localhost:5173", "proxy:8000")); /* loopback names */
-    CHECK(cm_origin_allowed(def, "https://127.0.0.1", NULL));
-    CHECK(cm_origin_allowed(def, "http://[::1]:3000", NULL));
-    CHECK(cm_origin_allowed(def, "http://Proxy:8000", "proxy:8000")); /* same origin */
-    CHECK(cm_origin_allowed(def, "http://proxy", "proxy:80"));
-    CHECK(!cm_origin_allowed(def, "http://proxy:8001", "proxy:8000"));
-    CHECK(!cm_origin_allowed(def, "https://evil.example", "proxy:8000"));
-    CHECK(!cm_origin_allowed(def, "http://localhost.evil.example", NULL));
-    CHECK(!cm_origin_allowed(def, "null", "proxy:8000"));
-    CHECK(!cm_origin_allowed(def, "file://localhost", NULL));
-    CHECK(!cm_origin_allowed(def, "http://localhost/x", NULL));
+    CHECK(cm_origin_allowed(def, NULL, "proxy:8000")); /* not a browser: any Host */
+    CHECK(cm_origin_allowed(def, NULL, NULL));
+    CHECK(cm_origin_allowed(def, "http://localhost:5173", "127.0.0.1:8000")); /* loopback pages */
+    CHECK(cm_origin_allowed(def, "https://127.0.0.1", "localhost:8000"));
+    CHECK(cm_origin_allowed(def, "http://[::1]:3000", "[::1]:8000"));
+    CHECK(cm_origin_allowed(def, "http://127.3.4.5:3000", "127.0.0.2"));
+    CHECK(cm_origin_allowed(def, "http://LOCALHOST:8000", "LocalHost:8000"));
+    /* DNS rebinding: an attacker's name pointed at 127.0.0.1 is "same
+     * origin" with itself, but it is not a loopback Host. */
+    CHECK(!cm_origin_allowed(def, "http://evil.example:8000", "evil.example:8000"));
+    CHECK(!cm_origin_allowed(def, "http://Proxy:8000", "proxy:8000"));
+    CHECK(!cm_origin_allowed(def, "http://localhost:5173", "proxy:8000")); /* Host not loopback */
+    CHECK(!cm_origin_allowed(def, "http://localhost:5173", NULL));
+    CHECK(!cm_origin_allowed(def, "http://localhost:5173", "127.0.0.1.evil.example"));
+    CHECK(!cm_origin_allowed(def, "http://localhost:5173", "localhost.evil.example:8000"));
+    CHECK(!cm_origin_allowed(def, "https://evil.example", "127.0.0.1:8000"));
+    CHECK(!cm_origin_allowed(def, "http://localhost.evil.example", "localhost"));
+    CHECK(!cm_origin_allowed(def, "http://128.0.0.1", "localhost"));
+    CHECK(!cm_origin_allowed(def, "null", "localhost"));
+    CHECK(!cm_origin_allowed(def, "file://localhost", "localhost"));
+    CHECK(!cm_origin_allowed(def, "http://localhost/x", "localhost"));
     CHECK(!cm_origin_any(def));
     cm_origin_policy_free(def);
 
