@@ -286,7 +286,9 @@ static void job_abort(struct cm_req *r, void *arg)
     struct api_job *j = arg;
     (void)r;
     j->r = NULL;
-    if (j->state == JOB_EMBEDDING) {
+    /* j->embed is loop-thread state (j->state is also written by the API
+     * thread that runs the job). */
+    if (j->embed) {
         cm_hc_cancel(j->embed);
         job_free(j);
     }
