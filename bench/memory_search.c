@@ -139,7 +139,7 @@ static void plan(struct store *st, const char *user, const char *vec)
                                2, NULL, p, NULL, NULL, 0);
     printf("plan for %s:", user);
     for (int i = 0; i < PQntuples(r) && i < 4; i++)
-        printf(" | %s", PQgetvalue(r, i, 0));
+        printf(" | %.70s", PQgetvalue(r, i, 0));
     printf("\n");
     PQclear(r);
 }
@@ -170,7 +170,11 @@ int main(int argc, char **argv)
     printf("data: %s memories, %s of user heavy, %s users; vector(%d), HNSW cosine\n",
            PQgetvalue(r, 0, 0), PQgetvalue(r, 0, 1), PQgetvalue(r, 0, 2), DIM);
     PQclear(r);
-    struct memory_db *db = memory_db_new(st);
+    const char *ef = getenv("MEMORY_SEARCH_EF_SEARCH");
+    int ef_min = ef ? atoi(ef) : 100;
+    printf("hnsw.ef_search >= %d (MEMORY_SEARCH_EF_SEARCH), text candidates %d\n", ef_min,
+           MEMORY_DB_TEXT_CANDIDATES);
+    struct memory_db *db = memory_db_new(st, ef_min);
     char *lit = store_vector_literal(queries, DIM);
     plan(st, "u1", lit);
     plan(st, "heavy", lit);

@@ -78,7 +78,7 @@ static int conn_pg(struct memory_api *api, struct api_conn *c, char *err, size_t
     free(ci);
     if (!c->st)
         return -1;
-    c->db = memory_db_new(c->st);
+    c->db = memory_db_new(c->st, (int)api->cfg->search_ef_search);
     return 0;
 }
 

@@ -12,6 +12,7 @@
 struct memory_db {
     struct store *st;
     int ef_search; /* hnsw.ef_search set on this connection (0: not yet) */
+    int ef_search_min;
 };
 
 #define ISO(col) "to_char(" col " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
@@ -29,10 +30,11 @@ struct memory_db {
     "coalesce(m.last_message_at, m.created_at) >= to_timestamp($3::float8)) AND ($4::float8 IS "   \
     "NULL OR coalesce(m.first_message_at, m.created_at) <= to_timestamp($4::float8))"
 
-struct memory_db *memory_db_new(struct store *st)
+struct memory_db *memory_db_new(struct store *st, int ef_search_min)
 {
     struct memory_db *db = cm_xcalloc(1, sizeof *db);
     db->st = st;
+    db->ef_search_min = ef_search_min;
     return db;
 }
 
@@ -107,8 +109,8 @@ static void filters(const struct mq_search *q, struct filter_params *f)
 
 static int set_ef_search(struct memory_db *db, int want, char *err, size_t errlen)
 {
-    if (want < 40)
-        want = 40; /* pgvector's default: smaller gains nothing */
+    if (want < db->ef_search_min)
+        want = db->ef_search_min;
     if (want > 1000)
         want = 1000;
     if (db->ef_search == want)
@@ -165,23 +167,42 @@ static PGresult *vector_ranking(struct memory_db *db, const struct mq_search *q,
  * under the text search configuration, OR'd: a question in natural
  * language must not need every word), ranked by ts_rank_cd (column 10).
  * Each lexeme is quoted for tsquery input (backslash and quote escaped),
- * so no query text is ever read as tsquery syntax. */
+ * so no query text is ever read as tsquery syntax. The tsquery is made
+ * first, in its own statement, so the search is planned knowing it (a
+ * common word is better served from the user's recent rows than from the
+ * GIN index). Bounded work: only the user's MEMORY_DB_TEXT_CANDIDATES most
+ * recent matching memories are ranked. NULL with *code STORE_OK: no words. */
 static PGresult *text_ranking(struct memory_db *db, const struct mq_search *q, const char *fts,
                               int fetch, int *code, char *err, size_t errlen)
 {
+    const char *wp[] = {fts, q->query};
+    PGresult *w = run(db,
+                      "SELECT coalesce(string_agg('''' || replace(replace(l, '\\', '\\\\'), '''', "
+                      "'''''') || '''', ' | '), '') FROM "
+                      "unnest(tsvector_to_array(to_tsvector($1::regconfig, $2))) AS l",
+                      2, wp, "text query", code, err, errlen);
+    if (!w)
+        return NULL;
+    if (!PQgetvalue(w, 0, 0)[0]) {
+        PQclear(w);
+        *code = STORE_OK;
+        return NULL;
+    }
     struct filter_params f;
     filters(q, &f);
-    char lim[16];
+    char lim[16], cand[16];
     snprintf(lim, sizeof lim, "%d", fetch);
-    const char *p[] = {f.p[0], f.p[1], f.p[2], f.p[3], fts, q->query, lim};
-    return run(db,
-               "SELECT " COLS ", 0, ts_rank_cd(m.summary_tsv, tq) AS rank FROM memories m, "
-               "(SELECT coalesce(string_agg('''' || replace(replace(l, '\\', '\\\\'), '''', "
-               "'''''') || '''', ' | '), '')::tsquery AS tq FROM "
-               "unnest(tsvector_to_array(to_tsvector($5::regconfig, $6))) AS l) AS words "
-               "WHERE " FILTERS " AND m.summary_tsv @@ tq ORDER BY rank DESC, m.id DESC "
-               "LIMIT $7::int",
-               7, p, "text search", code, err, errlen);
+    snprintf(cand, sizeof cand, "%d", MEMORY_DB_TEXT_CANDIDATES);
+    const char *p[] = {f.p[0], f.p[1], f.p[2], f.p[3], PQgetvalue(w, 0, 0), lim, cand};
+    PGresult *r = run(db,
+                      "WITH cand AS MATERIALIZED (SELECT " COLS
+                      ", 0 AS d, ts_rank_cd(m.summary_tsv, $5::tsquery) AS rank FROM memories m "
+                      "WHERE " FILTERS " AND m.summary_tsv @@ $5::tsquery ORDER BY m.created_at "
+                      "DESC, m.id DESC LIMIT $7::int) "
+                      "SELECT * FROM cand ORDER BY rank DESC, id DESC LIMIT $6::int",
+                      7, p, "text search", code, err, errlen);
+    PQclear(w);
+    return r;
 }
 
 int memory_db_search(struct memory_db *db, const struct mq_search *q, const float *vec, size_t dim,
@@ -201,21 +222,21 @@ int memory_db_search(struct memory_db *db, const struct mq_search *q, const floa
     }
     if (q->mode != MQ_VECTOR) {
         tr = text_ranking(db, q, fts, fetch, &code, err, errlen);
-        if (!tr) {
+        if (!tr && code != STORE_OK) {
             PQclear(vr);
             return code;
         }
     }
     json_t *out = json_array();
     if (!hybrid) {
-        PGresult *r = vr ? vr : tr;
-        for (int i = 0; i < PQntuples(r) && i < q->limit; i++) {
+        PGresult *r = vr ? vr : tr; /* NULL: a text search without words */
+        for (int i = 0; r && i < PQntuples(r) && i < q->limit; i++) {
             json_t *o = row_json(r, i);
             json_object_set_new(o, "score", json_real(atof(PQgetvalue(r, i, 10))));
             json_array_append_new(out, o);
         }
     } else {
-        size_t nv = (size_t)PQntuples(vr), nt = (size_t)PQntuples(tr);
+        size_t nv = (size_t)PQntuples(vr), nt = tr ? (size_t)PQntuples(tr) : 0;
         long long *vids = cm_xcalloc(nv + 1, sizeof *vids),
                   *tids = cm_xcalloc(nt + 1, sizeof *tids);
         for (size_t i = 0; i < nv; i++)

@@ -26,10 +26,15 @@
 
 #include <jansson.h>
 
+/* The full-text ranking ranks at most this many of the user's matching
+ * memories, the most recent ones. */
+#define MEMORY_DB_TEXT_CANDIDATES 500
+
 struct memory_db;
 
-/* Wraps st (borrowed; it must outlive the memory_db). */
-struct memory_db *memory_db_new(struct store *st);
+/* Wraps st (borrowed; it must outlive the memory_db). hnsw.ef_search is
+ * max(ef_search_min, rows wanted) (MEMORY_SEARCH_EF_SEARCH). */
+struct memory_db *memory_db_new(struct store *st, int ef_search_min);
 void memory_db_free(struct memory_db *db);
 
 /* The rankings a search ran, for hybrid fusion and the tests. vec: the

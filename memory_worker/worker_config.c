@@ -246,6 +246,15 @@
              0,                                                                                    \
              &(c)->api_queue,                                                                      \
              "Memories API requests waiting for a thread; beyond, 429 with Retry-After"},          \
+            {"MEMORY_SEARCH_EF_SEARCH",                                                            \
+             CM_CFG_INT,                                                                           \
+             "100",                                                                                \
+             10,                                                                                   \
+             1000,                                                                                 \
+             NULL,                                                                                 \
+             0,                                                                                    \
+             &(c)->search_ef_search,                                                               \
+             "Smallest hnsw.ef_search of a vector search (more: better recall, slower)"},          \
             {"MEMORY_SEARCH_EMBED_TIMEOUT",                                                        \
              CM_CFG_SECONDS,                                                                       \
              "10",                                                                                 \

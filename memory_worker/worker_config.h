@@ -41,6 +41,7 @@ struct worker_config {
     long long api_threads;
     long long api_queue;
     double search_embed_timeout;
+    long long search_ef_search;
     long long port;
     char *port_file;
     double shutdown_grace;
