@@ -751,8 +751,8 @@ int store_erase_user(struct store *st, const char *user_id, struct store_erased 
      * chunks (waits for a memory being stored), then the memories. */
     static const char *const SQL[] = {
         "SELECT pg_advisory_xact_lock(727275, hashtext($1))",
-        "INSERT INTO erased_users (user_id, epoch) VALUES ($1, 1) ON CONFLICT (user_id) DO "
-        "UPDATE SET epoch = erased_users.epoch + 1, erased_at = now()",
+        ("INSERT INTO erased_users (user_id, epoch) VALUES ($1, 1) ON CONFLICT (user_id) DO "
+         "UPDATE SET epoch = erased_users.epoch + 1, erased_at = now()"),
         "DELETE FROM memory_chunks WHERE user_id = $1",
         "DELETE FROM memories WHERE user_id = $1",
         "DELETE FROM dead_messages WHERE user_id = $1",
