@@ -165,10 +165,12 @@ int main(int argc, char **argv)
     for (int i = 0; i < NQ; i++)
         parse_vec(PQgetvalue(r, i, 0), queries + (size_t)i * DIM);
     PQclear(r);
-    r = PQexec(store_pg(st), "SELECT count(*), count(*) FILTER (WHERE user_id = 'heavy'), "
-                             "count(DISTINCT user_id) FROM memories");
-    printf("data: %s memories, %s of user heavy, %s users; vector(%d), HNSW cosine\n",
-           PQgetvalue(r, 0, 0), PQgetvalue(r, 0, 1), PQgetvalue(r, 0, 2), DIM);
+    r = PQexec(store_pg(st),
+               "SELECT count(*), count(*) FILTER (WHERE user_id = 'heavy'), count(DISTINCT "
+               "user_id), (SELECT coalesce(substring(indexdef FROM 'WITH \\(.*\\)'), 'defaults') "
+               "FROM pg_indexes WHERE indexname = 'memories_embedding_hnsw') FROM memories");
+    printf("data: %s memories, %s of user heavy, %s users; vector(%d), HNSW cosine %s\n",
+           PQgetvalue(r, 0, 0), PQgetvalue(r, 0, 1), PQgetvalue(r, 0, 2), DIM, PQgetvalue(r, 0, 3));
     PQclear(r);
     const char *ef = getenv("MEMORY_SEARCH_EF_SEARCH");
     int ef_min = ef ? atoi(ef) : 100;

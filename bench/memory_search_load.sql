@@ -39,7 +39,8 @@ CREATE TABLE bench_queries AS
 SELECT q.i, (c.v + q.v)::text AS v FROM bench_pool q JOIN bench_pool c ON c.kind = 'centre' AND c.i = (q.i * 13) % 1000
 WHERE q.kind = 'query';
 \timing on
-CREATE INDEX memories_embedding_hnsw ON memories USING hnsw (embedding vector_cosine_ops);
+-- As migration 3 makes it (store.c).
+CREATE INDEX memories_embedding_hnsw ON memories USING hnsw (embedding vector_cosine_ops) WITH (m = 24, ef_construction = 128);
 \timing off
 VACUUM ANALYZE memories;
 SELECT count(*) AS memories, count(DISTINCT user_id) AS users, pg_size_pretty(pg_relation_size('memories_embedding_hnsw')) AS hnsw_size FROM memories;

@@ -229,7 +229,7 @@ static char *migration3(struct store *st, long long dim, const char *fts)
         "  erased_at timestamptz NOT NULL DEFAULT now());",
         dim, dim,
         dim <= STORE_HNSW_MAX_DIM ? "CREATE INDEX memories_embedding_hnsw ON memories USING hnsw "
-                                    "(embedding vector_cosine_ops);"
+                                    "(embedding vector_cosine_ops) WITH (m = 24, ef_construction = 128);"
                                   : "",
         fts);
 }
