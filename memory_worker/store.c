@@ -228,9 +228,10 @@ static char *migration3(struct store *st, long long dim, const char *fts)
         "  epoch bigint NOT NULL,"
         "  erased_at timestamptz NOT NULL DEFAULT now());",
         dim, dim,
-        dim <= STORE_HNSW_MAX_DIM ? "CREATE INDEX memories_embedding_hnsw ON memories USING hnsw "
-                                    "(embedding vector_cosine_ops) WITH (m = 24, ef_construction = 128);"
-                                  : "",
+        dim <= STORE_HNSW_MAX_DIM
+            ? "CREATE INDEX memories_embedding_hnsw ON memories USING hnsw "
+              "(embedding vector_cosine_ops) WITH (m = 24, ef_construction = 128);"
+            : "",
         fts);
 }
 
