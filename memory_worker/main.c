@@ -63,7 +63,7 @@ static int replay_dead(const struct worker_config *cfg, const char *user)
         return 1;
     }
     int rc = 1;
-    if (store_migrate(st, err, sizeof err) != 0) {
+    if (store_migrate(st, cfg->embedding_dim, cfg->fts_config, err, sizeof err) != 0) {
         fprintf(stderr, "memory_worker: %s\n", err);
     } else {
         long long n = store_replay_dead(st, user);
@@ -148,12 +148,27 @@ int main(int argc, char **argv)
         sleep(1);
     }
     free(ci);
-    if (!st || store_migrate(st, err, sizeof err) != 0) {
+    if (!st || store_migrate(st, cfg.embedding_dim, cfg.fts_config, err, sizeof err) != 0) {
         CM_ERROR(NULL, "startup_failed", "%s", err);
         store_free(st);
         worker_config_free(&cfg);
         curl_global_cleanup();
         return 1;
+    }
+    /* The stored vectors' dimension must be EMBEDDING_DIM: otherwise no
+     * memory could be stored or searched. The worker still serves (/ready
+     * 503 with the reason, claiming goes on) so the mistake is visible. */
+    char schema_err[512] = "";
+    long long stored_dim = -1;
+    if (store_embedding_dim(st, &stored_dim) != 0) {
+        snprintf(schema_err, sizeof schema_err, "cannot read the dimension of memories.embedding");
+    } else if (stored_dim != cfg.embedding_dim) {
+        snprintf(schema_err, sizeof schema_err,
+                 "EMBEDDING_DIM=%lld but memories.embedding is vector(%lld): set EMBEDDING_DIM to "
+                 "%lld (the model the memories were made with), or migrate the column (README, "
+                 "\"Changing the embedding model\")",
+                 cfg.embedding_dim, stored_dim, stored_dim);
+        CM_ERROR(NULL, "config_error", "%s; /ready is 503 and no chunk is processed", schema_err);
     }
     store_free(st);
 
@@ -161,6 +176,8 @@ int main(int argc, char **argv)
     struct event_base *base = event_base_new();
     static struct pipeline p;
     pipeline_init(&p, &cfg);
+    if (schema_err[0])
+        pipeline_set_schema_error(&p, schema_err);
     struct worker_http *wh = worker_http_new(base, &p, &cfg, err, sizeof err);
     if (!wh) {
         CM_ERROR(NULL, "startup_failed", "%s", err);
@@ -172,16 +189,17 @@ int main(int argc, char **argv)
         rc = 1;
         goto out;
     }
+    /* Before "listening": a SIGTERM sent as soon as we answer is handled. */
+    struct event *sigterm = evsignal_new(base, SIGTERM, on_signal, base);
+    struct event *sigint = evsignal_new(base, SIGINT, on_signal, base);
+    event_add(sigterm, NULL);
+    event_add(sigint, NULL);
     pthread_t *threads = cm_xcalloc((size_t)cfg.concurrency, sizeof *threads);
     for (long long i = 0; i < cfg.concurrency; i++)
         pthread_create(&threads[i], NULL, pipeline_thread_main, &p);
     CM_INFO(NULL, "listening", "host=%s port=%d threads=%lld llm_proxy=%s version=%s", cfg.host,
             worker_http_port(wh), cfg.concurrency, cfg.llm_proxy_url, PROJECT_VERSION);
 
-    struct event *sigterm = evsignal_new(base, SIGTERM, on_signal, base);
-    struct event *sigint = evsignal_new(base, SIGINT, on_signal, base);
-    event_add(sigterm, NULL);
-    event_add(sigint, NULL);
     event_base_dispatch(base);
 
     pipeline_stop(&p);

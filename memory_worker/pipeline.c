@@ -97,8 +97,30 @@ static void idle_wait(struct pipeline *p, double seconds)
 void pipeline_config_error(struct pipeline *p, char *out, size_t len)
 {
     pthread_mutex_lock(&p->mu);
-    snprintf(out, len, "%s", p->config_error);
+    snprintf(out, len, "%s", p->schema_error[0] ? p->schema_error : p->config_error);
     pthread_mutex_unlock(&p->mu);
+}
+
+void pipeline_set_schema_error(struct pipeline *p, const char *msg)
+{
+    pthread_mutex_lock(&p->mu);
+    snprintf(p->schema_error, sizeof p->schema_error, "%s", msg ? msg : "");
+    pthread_mutex_unlock(&p->mu);
+}
+
+int pipeline_schema_error(struct pipeline *p, char *out, size_t len)
+{
+    pthread_mutex_lock(&p->mu);
+    int b = p->schema_error[0] != '\0';
+    if (out)
+        snprintf(out, len, "%s", p->schema_error);
+    pthread_mutex_unlock(&p->mu);
+    return b;
+}
+
+static int schema_blocked(struct pipeline *p)
+{
+    return pipeline_schema_error(p, NULL, 0);
 }
 
 static void set_config_error(struct pipeline *p, const char *msg)
@@ -333,7 +355,7 @@ static int redis_user_error(struct pass_counts *counts, struct pipeline_conn *c,
 
 /* One transaction for a claim's chunks and dead elements, leaving out what
  * PostgreSQL already holds (see store_claim_begin). Returns a store_err. */
-static int persist(struct store *st, const char *user, const char *claim_id,
+static int persist(struct store *st, const char *user, long long epoch, const char *claim_id,
                    const struct chunk *chunks, size_t nchunks, const struct dead_message *dead,
                    size_t nd, long long *created, size_t *skipped)
 {
@@ -344,7 +366,7 @@ static int persist(struct store *st, const char *user, const char *claim_id,
     unsigned char *drop = cm_xcalloc(total ? total : 1, 1);
     *created = 0;
     *skipped = 0;
-    int rc = store_claim_begin(st, user, chunks, nchunks, exists, drop);
+    int rc = store_claim_begin(st, user, epoch, chunks, nchunks, exists, drop);
     if (rc == STORE_OK) {
         struct message *storage;
         size_t nkeep;
@@ -387,6 +409,18 @@ static int claim_user(struct pipeline *p, struct pipeline_conn *c, const struct 
                      "%s; %lld element(s) moved to user:{id}:messages:invalid", problem, moved);
             user_failure(counts, esc, "invalid_user_id", detail);
         }
+        goto out;
+    }
+    /* The erasure epoch before the claim: a claim taken before an erasure
+     * of this user is refused when persisted after it (store_claim_begin). */
+    long long epoch = 0;
+    int e = store_user_epoch(c->st, u->id, &epoch);
+    if (e == STORE_DOWN) {
+        rc = -1;
+        goto out;
+    }
+    if (e != STORE_OK) {
+        user_failure(counts, esc, "postgres_rejected", store_last_error(c->st));
         goto out;
     }
     struct claim cl;
@@ -438,7 +472,8 @@ static int claim_user(struct pipeline *p, struct pipeline_conn *c, const struct 
         rc = redis_user_error(counts, c, esc, "renew claim", r);
         goto free_batch;
     }
-    int st = persist(c->st, u->id, cl.id, chunks, nchunks, dead, nd, &created, &skipped);
+    pause_point("before_persist");
+    int st = persist(c->st, u->id, epoch, cl.id, chunks, nchunks, dead, nd, &created, &skipped);
     if (st == STORE_REJECTED) {
         /* PostgreSQL refused something the parser let through: keep every
          * element of the batch as a dead message rather than retry forever. */
@@ -447,7 +482,7 @@ static int claim_user(struct pipeline *p, struct pipeline_conn *c, const struct 
         struct dead_message *all = cm_xcalloc(n ? n : 1, sizeof *all);
         for (size_t i = 0; i < n; i++)
             all[i] = (struct dead_message){i, items[i], lens[i], why};
-        st = persist(c->st, u->id, cl.id, NULL, 0, all, n, &created, &skipped);
+        st = persist(c->st, u->id, epoch, cl.id, NULL, 0, all, n, &created, &skipped);
         free(all);
         user_failure(counts, esc, "postgres_rejected", why);
         if (st == STORE_OK) {
@@ -474,6 +509,13 @@ static int claim_user(struct pipeline *p, struct pipeline_conn *c, const struct 
         wm_messages_claimed((long long)stored);
         wm_dead_messages((long long)kept_dead);
         wm_chunks("created", created);
+    } else if (st == STORE_FENCED) {
+        /* Erased meanwhile: the erasure deleted the claim keys it saw, so
+         * this claim is gone (fenced) or holds only messages pushed after
+         * the erasure began, which the next pass stores. */
+        CM_WARN(NULL, "claim_erased", "user=%s claim=%s: %s; nothing stored", esc, cl.id,
+                store_last_error(c->st));
+        redis_claim_unlease(c->rc, u, &cl);
     } else if (st == STORE_REJECTED) {
         user_failure(counts, esc, "postgres_rejected",
                      "even the dead-message fallback was refused; the claim stays in Redis");
@@ -601,6 +643,12 @@ static long long process_batch(struct pipeline *p, struct pipeline_conn *c,
 {
     const struct worker_config *cfg = p->cfg;
     char err[600];
+    if (schema_blocked(p)) {
+        /* No memory can be stored: leave the chunks pending. */
+        if (probe)
+            breaker_probe_done(p);
+        return 0;
+    }
     if (conn_pg(p, c, err, sizeof err) != 0) {
         CM_WARN(NULL, "process_skipped", "%s", err);
         if (probe)
@@ -686,6 +734,7 @@ static long long process_batch(struct pipeline *p, struct pipeline_conn *c,
                 continue;
             }
             size_t dim = (size_t)cfg->embedding_dim;
+            pause_point("before_store");
             if (store_complete(c->st, ch, owner, texts[k], vecs + k * dim, dim, cfg->summary_model,
                                cfg->embedding_model) != 0) {
                 /* The lease expires and another pass redoes it; the memory

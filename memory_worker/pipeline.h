@@ -71,6 +71,7 @@ struct pipeline {
     long long consecutive_5xx;
     char breaker_reason[300];
     char config_error[512]; /* "" when none */
+    char schema_error[512]; /* set at start (e.g. EMBEDDING_DIM mismatch), never cleared */
     pthread_mutex_t claim_mu;
 };
 
@@ -80,8 +81,14 @@ void pipeline_deinit(struct pipeline *p);
 void pipeline_stop(struct pipeline *p);
 /* Wakes idle threads for an immediate pass. */
 void pipeline_wake(struct pipeline *p);
-/* Copies the current configuration error ("" when none). */
+/* Copies the current configuration error ("" when none); a schema error
+ * comes first. */
 void pipeline_config_error(struct pipeline *p, char *out, size_t len);
+/* A schema problem found at start: /ready 503 with it, no chunk processed
+ * (claiming goes on) until a restart with a fixed configuration. */
+void pipeline_set_schema_error(struct pipeline *p, const char *msg);
+/* 1 when a schema error is set (copied to out unless NULL). */
+int pipeline_schema_error(struct pipeline *p, char *out, size_t len);
 /* 1 unless the breaker is CLOSED; reason (may be NULL) receives why. */
 int pipeline_breaker_open(struct pipeline *p, char *reason, size_t len);
 

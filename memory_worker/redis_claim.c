@@ -476,6 +476,31 @@ int redis_claim_quarantine(struct rclient *rc, const struct redis_user *u, long 
     return REDIS_CLAIM_OK;
 }
 
+int redis_claim_erase(struct rclient *rc, const struct redis_user *u, long long *deleted)
+{
+    *deleted = 0;
+    struct ukeys ks;
+    keys_init(&ks, u);
+    const char *argv[1 + K_COUNT];
+    size_t argl[1 + K_COUNT];
+    argv[0] = "DEL";
+    argl[0] = 3;
+    for (int k = 0; k < K_COUNT; k++) {
+        argv[1 + k] = ks.k[k];
+        argl[1 + k] = ks.len[k];
+    }
+    redisReply *r;
+    /* One DEL: atomic, so a claim is never half gone. */
+    int rcode = classify(rc, redisCommandArgv(rc->c, 1 + K_COUNT, argv, argl), &r);
+    keys_deinit(&ks);
+    if (rcode != 0)
+        return rcode;
+    if (r->type == REDIS_REPLY_INTEGER)
+        *deleted = r->integer;
+    freeReplyObject(r);
+    return REDIS_CLAIM_OK;
+}
+
 long long redis_claim_backlog(struct rclient *rc)
 {
     struct redis_user *users;

@@ -96,6 +96,10 @@ int redis_claim_unlease(struct rclient *rc, const struct redis_user *u, const st
 /* Moves the user's live list and claim to user:U:messages:invalid (a
  * refused user id). *moved: elements moved. */
 int redis_claim_quarantine(struct rclient *rc, const struct redis_user *u, long long *moved);
+/* Erasure: deletes the user's live list, claim (with its meta and lease,
+ * so the holder of the claim is fenced) and quarantine in one DEL.
+ * *deleted: keys that existed. */
+int redis_claim_erase(struct rclient *rc, const struct redis_user *u, long long *deleted);
 /* Total length of live lists and claims (for the queue-depth gauge); -1 on error. */
 long long redis_claim_backlog(struct rclient *rc);
 

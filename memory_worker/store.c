@@ -202,8 +202,114 @@ static void rollback(struct store *st)
     PQclear(r);
 }
 
-int store_migrate(struct store *st, char *err, size_t errlen)
+/* Migration 3 (pgvector, full text, erasure epochs): built at run time, as
+ * the vector's dimension and the text search configuration are settings.
+ * The dimension is that of the rows already stored (a real[] column being
+ * converted keeps its vectors), else EMBEDDING_DIM. */
+static char *migration3(struct store *st, long long dim, const char *fts)
 {
+    PGresult *r = exec(st, "stored dimension",
+                       "SELECT array_length(embedding, 1) FROM memories LIMIT 1", 0, NULL);
+    if (r && PQntuples(r) == 1 && !PQgetisnull(r, 0, 0))
+        dim = atoll(PQgetvalue(r, 0, 0));
+    PQclear(r);
+    return cm_xasprintf(
+        "CREATE EXTENSION IF NOT EXISTS vector;"
+        "ALTER TABLE memories ALTER COLUMN embedding TYPE vector(%lld) USING "
+        "embedding::vector(%lld);"
+        "%s"
+        "ALTER TABLE memories ADD COLUMN summary_tsv tsvector GENERATED ALWAYS AS "
+        "(to_tsvector('%s'::regconfig, summary)) STORED;"
+        "CREATE INDEX memories_summary_tsv ON memories USING gin (summary_tsv);"
+        "CREATE INDEX memories_user_created_id ON memories (user_id, created_at DESC, id DESC);"
+        "DROP INDEX memories_user_created;"
+        "CREATE TABLE erased_users ("
+        "  user_id text PRIMARY KEY,"
+        "  epoch bigint NOT NULL,"
+        "  erased_at timestamptz NOT NULL DEFAULT now());",
+        dim, dim,
+        dim <= STORE_HNSW_MAX_DIM
+            ? "CREATE INDEX memories_embedding_hnsw ON memories USING hnsw "
+              "(embedding vector_cosine_ops) WITH (m = 24, ef_construction = 128);"
+            : "",
+        fts);
+}
+
+/* The generated tsvector column follows MEMORY_FTS_CONFIG: rebuilt (with
+ * its index) when the configuration changed since it was made. */
+static int ensure_fts(struct store *st, const char *fts, char *err, size_t errlen)
+{
+    const char *p[] = {fts};
+    PGresult *r = exec(st, "text search configuration",
+                       "SELECT EXISTS (SELECT 1 FROM pg_ts_config WHERE cfgname = $1)", 1, p);
+    int known = r && PQgetvalue(r, 0, 0)[0] == 't';
+    PQclear(r);
+    if (!known) {
+        snprintf(err, errlen,
+                 "MEMORY_FTS_CONFIG=%s is not a text search configuration of this PostgreSQL "
+                 "(see \\dF in psql; 'simple' always exists)",
+                 fts);
+        return -1;
+    }
+    r = exec(st, "tsvector expression",
+             "SELECT pg_get_expr(d.adbin, d.adrelid) FROM pg_attrdef d JOIN pg_attribute a ON "
+             "a.attrelid = d.adrelid AND a.attnum = d.adnum WHERE d.adrelid = 'memories'::regclass "
+             "AND a.attname = 'summary_tsv'",
+             0, NULL);
+    if (!r || PQntuples(r) != 1) {
+        PQclear(r);
+        snprintf(err, errlen, "postgres: memories.summary_tsv is missing");
+        return -1;
+    }
+    char *want = cm_xasprintf("'%s'::regconfig", fts);
+    int same = strstr(PQgetvalue(r, 0, 0), want) != NULL;
+    free(want);
+    PQclear(r);
+    if (same)
+        return 0;
+    char *sql = cm_xasprintf(
+        "BEGIN; ALTER TABLE memories DROP COLUMN summary_tsv;"
+        "ALTER TABLE memories ADD COLUMN summary_tsv tsvector GENERATED ALWAYS AS "
+        "(to_tsvector('%s'::regconfig, summary)) STORED;"
+        "CREATE INDEX memories_summary_tsv ON memories USING gin (summary_tsv); COMMIT",
+        fts);
+    PGresult *mr = PQexec(st->conn, sql);
+    free(sql);
+    int ok = PQresultStatus(mr) == PGRES_COMMAND_OK;
+    if (!ok)
+        snprintf(err, errlen, "postgres: cannot rebuild summary_tsv for MEMORY_FTS_CONFIG=%s: %s",
+                 fts, PQresultErrorMessage(mr));
+    PQclear(mr);
+    if (!ok) {
+        rollback(st);
+        return -1;
+    }
+    CM_INFO(NULL, "fts_rebuilt", "summary_tsv now uses the text search configuration %s", fts);
+    return 0;
+}
+
+int store_fts_config_ok(const char *name)
+{
+    size_t n = name ? strlen(name) : 0;
+    if (n == 0 || n > 63)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = name[i];
+        int ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_' ||
+                 (i > 0 && c >= '0' && c <= '9');
+        if (!ok)
+            return 0;
+    }
+    return 1;
+}
+
+int store_migrate(struct store *st, long long dim, const char *fts, char *err, size_t errlen)
+{
+    if (!store_fts_config_ok(fts)) {
+        snprintf(err, errlen,
+                 "MEMORY_FTS_CONFIG must be a plain identifier (e.g. simple, english)");
+        return -1;
+    }
     /* Waiting for another replica's migration, or a backfill, may take
      * longer than STORE_STATEMENT_TIMEOUT_MS: no limit here. */
     if (exec_ok(st, "no statement timeout", "SET statement_timeout = 0", 0, NULL) != 0 ||
@@ -220,32 +326,43 @@ int store_migrate(struct store *st, char *err, size_t errlen)
                        "SELECT coalesce(max(version), 0) FROM schema_migrations", 0, NULL);
     int have = r ? atoi(PQgetvalue(r, 0, 0)) : -1;
     PQclear(r);
-    int want = (int)(sizeof MIGRATIONS / sizeof MIGRATIONS[0]);
+    int want = (int)(sizeof MIGRATIONS / sizeof MIGRATIONS[0]) + 1;
     for (int v = have + 1; have >= 0 && v <= want; v++) {
         char ver[16];
         snprintf(ver, sizeof ver, "%d", v);
         const char *params[] = {ver};
         PGresult *mr = NULL;
+        char *built = NULL;
         if (exec_ok(st, "begin", "BEGIN", 0, NULL) != 0 ||
+            (v == 3 && !(built = migration3(st, dim, fts))) ||
             /* several statements: the simple protocol */
-            PQresultStatus(mr = PQexec(st->conn, MIGRATIONS[v - 1])) != PGRES_COMMAND_OK ||
+            PQresultStatus(mr = PQexec(st->conn, built ? built : MIGRATIONS[v - 1])) !=
+                PGRES_COMMAND_OK ||
             exec_ok(st, "record migration", "INSERT INTO schema_migrations (version) VALUES ($1)",
                     1, params) != 0 ||
             exec_ok(st, "commit", "COMMIT", 0, NULL) != 0) {
-            snprintf(err, errlen, "postgres: migration %d failed: %s", v,
-                     mr ? PQresultErrorMessage(mr) : PQerrorMessage(st->conn));
+            const char *why = mr ? PQresultErrorMessage(mr) : PQerrorMessage(st->conn);
+            snprintf(err, errlen, "postgres: migration %d failed: %s%s", v, why,
+                     v == 3 && strstr(why, "extension") ? " (pgvector is not installed on the "
+                                                          "PostgreSQL server: see README, "
+                                                          "\"Getting pgvector\")"
+                                                        : "");
             PQclear(mr);
+            free(built);
             rollback(st);
             rc = -1;
             break;
         }
         PQclear(mr);
+        free(built);
         CM_INFO(NULL, "schema_migrated", "version=%d", v);
     }
     if (have < 0) {
         snprintf(err, errlen, "postgres: cannot read the schema version");
         rc = -1;
     }
+    if (rc == 0 && ensure_fts(st, fts, err, errlen) != 0)
+        rc = -1;
     exec_ok(st, "advisory unlock", "SELECT pg_advisory_unlock(727274)", 0, NULL);
     char sql[64];
     snprintf(sql, sizeof sql, "SET statement_timeout = %d", STORE_STATEMENT_TIMEOUT_MS);
@@ -261,8 +378,23 @@ static char *ts_param(double ts)
     return ts < 0 ? NULL : cm_xasprintf("%.6f", ts);
 }
 
-int store_claim_begin(struct store *st, const char *user_id, const struct chunk *chunks,
-                      size_t nchunks, unsigned char *exists, unsigned char *drop)
+int store_user_epoch(struct store *st, const char *user_id, long long *epoch)
+{
+    const char *p[] = {user_id};
+    int code = STORE_DOWN;
+    PGresult *r = exec_c(st, "erasure epoch",
+                         "SELECT coalesce((SELECT epoch FROM erased_users WHERE user_id = $1), 0)",
+                         1, p, &code);
+    if (!r)
+        return code;
+    *epoch = atoll(PQgetvalue(r, 0, 0));
+    PQclear(r);
+    return STORE_OK;
+}
+
+int store_claim_begin(struct store *st, const char *user_id, long long epoch,
+                      const struct chunk *chunks, size_t nchunks, unsigned char *exists,
+                      unsigned char *drop)
 {
     int code = STORE_DOWN;
     const char *p1[] = {user_id};
@@ -273,6 +405,22 @@ int store_claim_begin(struct store *st, const char *user_id, const struct chunk 
     if (!r)
         goto fail;
     PQclear(r);
+    /* Under the user's lock, which erasure takes too: a claim taken before
+     * an erasure (read the epoch, then claimed) is never stored after it. */
+    r = exec_c(st, "erasure epoch",
+               "SELECT coalesce((SELECT epoch FROM erased_users WHERE user_id = $1), 0)", 1, p1,
+               &code);
+    if (!r)
+        goto fail;
+    long long now_epoch = atoll(PQgetvalue(r, 0, 0));
+    PQclear(r);
+    if (now_epoch != epoch) {
+        rollback(st);
+        snprintf(st->last_error, sizeof st->last_error,
+                 "the user was erased after this claim was taken (epoch %lld, now %lld)", epoch,
+                 now_epoch);
+        return STORE_FENCED;
+    }
     json_t *hashes = json_array(), *ids = json_array();
     size_t total = 0;
     for (size_t c = 0; c < nchunks; c++) {
@@ -488,42 +636,50 @@ int store_renew(struct store *st, const char *owner, double lease_s, const long 
     return rc == 0 ? STORE_OK : STORE_DOWN;
 }
 
+char *store_vector_literal(const float *v, size_t dim)
+{
+    char *vec = cm_xmalloc(dim * 18 + 3);
+    size_t off = 0;
+    vec[off++] = '[';
+    for (size_t i = 0; i < dim; i++)
+        off += (size_t)snprintf(vec + off, 18, "%s%.9g", i ? "," : "", (double)v[i]);
+    vec[off++] = ']';
+    vec[off] = '\0';
+    return vec;
+}
+
 int store_complete(struct store *st, const struct leased_chunk *c, const char *owner,
                    const char *summary, const float *embedding, size_t dim,
                    const char *summary_model, const char *embedding_model)
 {
-    char *vec = cm_xmalloc(dim * 18 + 3);
-    size_t off = 0;
-    vec[off++] = '{';
-    for (size_t i = 0; i < dim; i++)
-        off += (size_t)snprintf(vec + off, 18, "%s%.9g", i ? "," : "", (double)embedding[i]);
-    vec[off++] = '}';
-    vec[off] = '\0';
+    char *vec = store_vector_literal(embedding, dim);
     char id[24], count[16];
     snprintf(id, sizeof id, "%lld", c->id);
     snprintf(count, sizeof count, "%d", c->message_count);
     const char *params[] = {c->user_id,    c->room_id,      summary, vec,
                             summary_model, embedding_model, count,   c->first_at,
                             c->last_at,    c->hash,         id,      owner};
-    int rc = -1;
-    /* One statement, so one round trip and atomic on its own: insert the
-     * memory (idempotent per chunk hash) and mark the chunk done. */
-    if (exec_ok(st, "store memory",
-                "WITH memory AS (INSERT INTO memories (user_id, room_id, summary, embedding, "
-                "summary_model, embedding_model, message_count, first_message_at, "
-                "last_message_at, chunk_hash) VALUES ($1, $2, $3, $4::real[], $5, $6, $7, "
-                "$8::timestamptz, $9::timestamptz, $10) ON CONFLICT (user_id, chunk_hash) DO "
-                "NOTHING) "
-                "UPDATE memory_chunks SET state = 'done', lease_owner = NULL, lease_expires_at = "
-                "NULL, last_error = NULL, updated_at = now() WHERE id = $11 AND state = "
-                "'pending' AND (lease_owner = $12 OR lease_owner IS NULL OR lease_expires_at < "
-                "now())",
-                12, params) != 0)
-        goto out;
-    rc = 0;
-out:
+    /* One statement, so one round trip and atomic on its own: lock the
+     * chunk, insert the memory (idempotent per chunk hash) only while the
+     * chunk is still there, and mark it done. The row lock fences erasure
+     * (store_erase_user deletes the chunks first, then the memories, each
+     * statement with a fresh snapshot): either the erasure waits for this
+     * commit and then deletes the memory too, or this waits for the erasure
+     * and finds no chunk, so nothing is inserted. */
+    int rc = exec_ok(
+        st, "store memory",
+        "WITH chunk AS (SELECT id FROM memory_chunks WHERE id = $11 AND state = 'pending' AND "
+        "(lease_owner = $12 OR lease_owner IS NULL OR lease_expires_at < now()) FOR UPDATE), "
+        "memory AS (INSERT INTO memories (user_id, room_id, summary, embedding, "
+        "summary_model, embedding_model, message_count, first_message_at, "
+        "last_message_at, chunk_hash) SELECT $1, $2, $3, $4::text::vector, $5, $6, $7::int, "
+        "$8::timestamptz, $9::timestamptz, $10 FROM chunk ON CONFLICT (user_id, chunk_hash) DO "
+        "NOTHING) "
+        "UPDATE memory_chunks SET state = 'done', lease_owner = NULL, lease_expires_at = "
+        "NULL, last_error = NULL, updated_at = now() WHERE id IN (SELECT id FROM chunk)",
+        12, params);
     free(vec);
-    return rc;
+    return rc == 0 ? 0 : -1;
 }
 
 int store_fail(struct store *st, const struct leased_chunk *c, const char *owner, double delay_s,
@@ -569,6 +725,64 @@ long long store_replay_dead(struct store *st, const char *user_id)
     long long n = atoll(PQcmdTuples(r));
     PQclear(r);
     return n;
+}
+
+int store_embedding_dim(struct store *st, long long *dim)
+{
+    PGresult *r = exec(st, "embedding dimension",
+                       "SELECT a.atttypmod, format_type(a.atttypid, a.atttypmod) FROM pg_attribute "
+                       "a WHERE a.attrelid = 'memories'::regclass AND a.attname = 'embedding'",
+                       0, NULL);
+    if (!r)
+        return -1;
+    *dim = PQntuples(r) == 1 ? atoll(PQgetvalue(r, 0, 0)) : -1;
+    PQclear(r);
+    return 0;
+}
+
+int store_erase_user(struct store *st, const char *user_id, struct store_erased *out)
+{
+    memset(out, 0, sizeof *out);
+    const char *p[] = {user_id};
+    int code = STORE_DOWN;
+    if (exec_ok(st, "begin", "BEGIN", 0, NULL) != 0)
+        return STORE_DOWN;
+    /* Order matters (see store_complete): the user's lock (claims persist
+     * under it), the epoch (a claim taken before this is refused), the
+     * chunks (waits for a memory being stored), then the memories. */
+    static const char *const SQL[] = {
+        "SELECT pg_advisory_xact_lock(727275, hashtext($1))",
+        ("INSERT INTO erased_users (user_id, epoch) VALUES ($1, 1) ON CONFLICT (user_id) DO "
+         "UPDATE SET epoch = erased_users.epoch + 1, erased_at = now()"),
+        "DELETE FROM memory_chunks WHERE user_id = $1",
+        "DELETE FROM memories WHERE user_id = $1",
+        "DELETE FROM dead_messages WHERE user_id = $1",
+        "DELETE FROM message_ids WHERE user_id = $1",
+    };
+    long long *counts[] = {
+        NULL, NULL, &out->chunks, &out->memories, &out->dead_messages, &out->message_ids};
+    for (size_t i = 0; i < sizeof SQL / sizeof SQL[0]; i++) {
+        PGresult *r = exec_c(st, "erase user", SQL[i], 1, p, &code);
+        if (!r) {
+            rollback(st);
+            return code;
+        }
+        if (counts[i])
+            *counts[i] = atoll(PQcmdTuples(r));
+        PQclear(r);
+    }
+    PGresult *r = exec_c(st, "commit", "COMMIT", 0, NULL, &code);
+    if (!r) {
+        rollback(st);
+        return code;
+    }
+    PQclear(r);
+    return STORE_OK;
+}
+
+PGconn *store_pg(struct store *st)
+{
+    return st->conn;
 }
 
 int store_counts(struct store *st, long long *pending, long long *dead)

@@ -37,15 +37,31 @@
 
 struct store;
 
-enum store_err { STORE_OK = 0, STORE_DOWN = -1, STORE_REJECTED = -2 };
+enum store_err { STORE_OK = 0, STORE_DOWN = -1, STORE_REJECTED = -2, STORE_FENCED = -3 };
 
 #define STORE_STATEMENT_TIMEOUT_MS 60000
+/* pgvector's HNSW indexes vectors of at most 2000 dimensions. */
+#define STORE_HNSW_MAX_DIM 2000
+
+typedef struct pg_conn PGconn;
 
 struct store *store_connect(const char *conninfo, char *err, size_t errlen);
 void store_free(struct store *st);
 /* 0 when the connection works (reconnecting once if it broke). */
 int store_check(struct store *st);
-int store_migrate(struct store *st, char *err, size_t errlen);
+/* Migrations (3: pgvector with vector(dim) converted from real[], an HNSW
+ * cosine index, the generated tsvector column summary_tsv over the summary
+ * with text search configuration fts and its GIN index, erased_users), then
+ * summary_tsv rebuilt if fts changed since. */
+int store_migrate(struct store *st, long long dim, const char *fts, char *err, size_t errlen);
+/* 1 when name may be a MEMORY_FTS_CONFIG (a plain identifier). */
+int store_fts_config_ok(const char *name);
+/* The dimension of memories.embedding (-1 when it has none). */
+int store_embedding_dim(struct store *st, long long *dim);
+/* The connection (borrowed), for the modules with their own queries. */
+PGconn *store_pg(struct store *st);
+/* "[x,y,...]": pgvector's text form; caller frees. */
+char *store_vector_literal(const float *v, size_t dim);
 /* Text of the last failure (borrowed, valid until the next call). */
 const char *store_last_error(const struct store *st);
 
@@ -69,8 +85,13 @@ struct dead_message {
  *                       DO NOTHING); *new_chunks: rows actually inserted;
  *   store_claim_abort   ROLLBACK (after a failed begin or a change of mind).
  */
-int store_claim_begin(struct store *st, const char *user_id, const struct chunk *chunks,
-                      size_t nchunks, unsigned char *exists, unsigned char *drop);
+/* The user's erasure epoch (0 when never erased); read before a claim is
+ * taken from Redis and passed to store_claim_begin, which answers
+ * STORE_FENCED (rolled back) when the user was erased in between. */
+int store_user_epoch(struct store *st, const char *user_id, long long *epoch);
+int store_claim_begin(struct store *st, const char *user_id, long long epoch,
+                      const struct chunk *chunks, size_t nchunks, unsigned char *exists,
+                      unsigned char *drop);
 int store_claim_commit(struct store *st, const char *user_id, const char *claim_id,
                        const struct chunk *chunks, size_t nchunks, const struct dead_message *dead,
                        size_t ndead, long long *new_chunks);
@@ -97,7 +118,8 @@ void store_leased_free(struct leased_chunk *c, size_t n);
 int store_renew(struct store *st, const char *owner, double lease_s, const long long *ids,
                 size_t n);
 
-/* One transaction: insert the memory, mark the chunk done. */
+/* One statement: insert the memory and mark the chunk done, only while the
+ * chunk exists (row-locked, so an erasure cannot miss the memory). */
 int store_complete(struct store *st, const struct leased_chunk *c, const char *owner,
                    const char *summary, const float *embedding, size_t dim,
                    const char *summary_model, const char *embedding_model);
@@ -110,5 +132,12 @@ int store_release(struct store *st, const struct leased_chunk *c, const char *ow
 /* Dead chunks back to pending with attempts reset; user NULL = all. */
 long long store_replay_dead(struct store *st, const char *user_id);
 int store_counts(struct store *st, long long *pending, long long *dead);
+
+struct store_erased {
+    long long memories, chunks, dead_messages, message_ids;
+};
+/* Erases every row of the user in one transaction and bumps its erasure
+ * epoch (erased_users), under the user's advisory lock. Idempotent. */
+int store_erase_user(struct store *st, const char *user_id, struct store_erased *out);
 
 #endif

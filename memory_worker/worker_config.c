@@ -3,6 +3,7 @@
 
 #include "cm_alloc.h"
 #include "cm_log.h"
+#include "store.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -215,8 +216,55 @@
              NULL,                                                                                 \
              1,                                                                                    \
              &(c)->api_key,                                                                        \
-             "Bearer key for POST /v1/process and /v1/replay-dead (unset: loopback clients "       \
-             "only)"},                                                                             \
+             "Bearer key for the /v1/ endpoints (memories API, /v1/process, /v1/replay-dead; "     \
+             "unset: loopback clients only)"},                                                     \
+            {"MEMORY_FTS_CONFIG",                                                                  \
+             CM_CFG_STRING,                                                                        \
+             "simple",                                                                             \
+             0,                                                                                    \
+             0,                                                                                    \
+             NULL,                                                                                 \
+             0,                                                                                    \
+             &(c)->fts_config,                                                                     \
+             "PostgreSQL text search configuration of the memories' full-text index (simple, "     \
+             "english, ...; a change rebuilds the index at start)"},                               \
+            {"MEMORY_API_THREADS",                                                                 \
+             CM_CFG_INT,                                                                           \
+             "2",                                                                                  \
+             1,                                                                                    \
+             64,                                                                                   \
+             NULL,                                                                                 \
+             0,                                                                                    \
+             &(c)->api_threads,                                                                    \
+             "Threads (each with its own PostgreSQL connection) serving the memories API"},        \
+            {"MEMORY_API_QUEUE",                                                                   \
+             CM_CFG_INT,                                                                           \
+             "256",                                                                                \
+             1,                                                                                    \
+             100000,                                                                               \
+             NULL,                                                                                 \
+             0,                                                                                    \
+             &(c)->api_queue,                                                                      \
+             "Memories API requests waiting for a thread; beyond, 429 with Retry-After"},          \
+            {"MEMORY_SEARCH_EF_SEARCH",                                                            \
+             CM_CFG_INT,                                                                           \
+             "100",                                                                                \
+             10,                                                                                   \
+             1000,                                                                                 \
+             NULL,                                                                                 \
+             0,                                                                                    \
+             &(c)->search_ef_search,                                                               \
+             "Smallest hnsw.ef_search of a vector search (more: better recall, slower)"},          \
+            {"MEMORY_SEARCH_EMBED_TIMEOUT",                                                        \
+             CM_CFG_SECONDS,                                                                       \
+             "10",                                                                                 \
+             0.01,                                                                                 \
+             600,                                                                                  \
+             NULL,                                                                                 \
+             0,                                                                                    \
+             &(c)->search_embed_timeout,                                                           \
+             "Limit for embedding a search query through llm_proxy (seconds; hybrid searches "     \
+             "then fall back to full text)"},                                                      \
             {"MEMORY_WORKER_PORT",                                                                 \
              CM_CFG_INT,                                                                           \
              "8001",                                                                               \
@@ -291,6 +339,12 @@ int worker_config_load(struct worker_config *cfg, cm_cfg_getenv_cb getenv_fn, vo
     }
     if (strncmp(cfg->redis_url, "redis://", 8) != 0) {
         snprintf(err, errlen, "REDIS_URL: must start with redis://");
+        return -1;
+    }
+    if (!store_fts_config_ok(cfg->fts_config)) {
+        snprintf(err, errlen,
+                 "MEMORY_FTS_CONFIG: must be the name of a text search configuration (letters, "
+                 "digits, _), e.g. simple or english");
         return -1;
     }
     if (!cfg->worker_id || !*cfg->worker_id) {

@@ -37,6 +37,11 @@ struct worker_config {
     long long num_ctx_max;
     char *host;
     char *api_key;
+    char *fts_config;
+    long long api_threads;
+    long long api_queue;
+    double search_embed_timeout;
+    long long search_ef_search;
     long long port;
     char *port_file;
     double shutdown_grace;

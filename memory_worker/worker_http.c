@@ -7,6 +7,7 @@
 #include "cm_json.h"
 #include "cm_log.h"
 #include "cm_metrics.h"
+#include "memory_api.h"
 #include "redis_claim.h"
 #include "store.h"
 #include "worker_metrics.h"
@@ -34,6 +35,7 @@ struct worker_http {
     int stop;
     struct readiness ready;
     int job_running;
+    struct memory_api *api;
 };
 
 /* ------------------------------------------------------------ readiness monitor */
@@ -230,6 +232,11 @@ static int admin_allowed(struct worker_http *wh, struct cm_req *r)
     return 0;
 }
 
+static int api_allowed(struct cm_req *r, void *arg)
+{
+    return admin_allowed(arg, r);
+}
+
 static void start_job(struct worker_http *wh, struct cm_req *r, int replay)
 {
     if (!admin_allowed(wh, r))
@@ -297,8 +304,11 @@ struct worker_http *worker_http_new(struct event_base *base, struct pipeline *p,
                          wh);
     cm_http_server_route(wh->srv, CM_POST, "/v1/replay-dead", CM_ROUTE_AUTH, "replay_dead",
                          handle_replay, wh);
+    wh->api = memory_api_new(base, cfg, p, api_allowed, wh);
+    memory_api_routes(wh->api, wh->srv);
     if (cm_http_server_start(wh->srv, err, errlen) != 0) {
         cm_http_server_free(wh->srv);
+        memory_api_free(wh->api);
         free(wh);
         return NULL;
     }
@@ -330,6 +340,7 @@ void worker_http_free(struct worker_http *wh)
     while (wh->job_running > 0)
         event_base_loop(wh->base, EVLOOP_ONCE);
     cm_http_server_free(wh->srv);
+    memory_api_free(wh->api);
     pthread_mutex_destroy(&wh->mu);
     pthread_cond_destroy(&wh->cond);
     free(wh);

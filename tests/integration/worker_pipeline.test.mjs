@@ -68,7 +68,7 @@ describe('pipeline', () => {
     assert.equal(p.messages_claimed, 4);
     assert.equal(p.chunks_created, 2);
     assert.equal(p.chunks_done, 2);
-    const rows = svc.sql("SELECT room_id, message_count, array_length(embedding, 1), summary_model, embedding_model, summary FROM memories WHERE user_id = 'alice' ORDER BY room_id")
+    const rows = svc.sql("SELECT room_id, message_count, vector_dims(embedding), summary_model, embedding_model, summary FROM memories WHERE user_id = 'alice' ORDER BY room_id")
       .split('\n').map((l) => l.split('\t'));
     assert.equal(rows.length, 2);
     assert.deepEqual(rows[0].slice(0, 5), ['r1', '3', '1024', 'qwen3:8b', 'bge-m3']);
@@ -87,7 +87,7 @@ describe('pipeline', () => {
     assert.match((await double.last('/api/chat')).request_id, /^mw-\d+-1-s$/);
     assert.match((await double.last('/api/embed')).request_id, /^mw-\d+-e$/);
     // Vectors are unit length (Ollama normalises).
-    const norm = Number(svc.sql("SELECT sqrt(sum(x * x)) FROM memories, unnest(embedding) x WHERE room_id = 'r2'"));
+    const norm = Number(svc.sql("SELECT sqrt(sum(x * x)) FROM memories, unnest(embedding::real[]) x WHERE room_id = 'r2'"));
     assert.ok(Math.abs(norm - 1) < 1e-3);
   });
 
@@ -226,7 +226,8 @@ describe('failures', () => {
     assert.equal(p.chunks_done, 0);
     assert.equal(p.chunks_retried, 0);
     const ready = await (await fetch(`${w.url}/ready`)).json();
-    assert.match(ready.config_error, /1024 dimensions, EMBEDDING_DIM is 768/);
+    // Found at start: the stored vectors are vector(1024) (issue #13).
+    assert.match(ready.config_error, /EMBEDDING_DIM=768 but memories\.embedding is vector\(1024\)/);
     await w.stop();
     svc.sql("UPDATE memory_chunks SET next_attempt_at = now() WHERE user_id = 'hank'");
   });
@@ -241,7 +242,8 @@ describe('process', () => {
       'POSTGRES_HOST', 'POSTGRES_PORT', 'POSTGRES_DB', 'POSTGRES_USER', 'POSTGRES_PASSWORD', 'DATABASE_URL',
       'POLL_INTERVAL', 'WORKER_CONCURRENCY', 'MEMORY_WORKER_PORT', 'CHUNK_MAX_MESSAGES', 'CHUNK_MAX_CHARS',
       'RETRY_BASE', 'RETRY_MAX', 'MAX_ATTEMPTS', 'EMBEDDING_DIM', 'SUMMARY_PROMPT', 'CIRCUIT_5XX_THRESHOLD',
-      'MEMORY_WORKER_API_KEY', 'LEASE_TIMEOUT']) assert.match(h.stdout, new RegExp(v));
+      'MEMORY_WORKER_API_KEY', 'LEASE_TIMEOUT', 'MEMORY_FTS_CONFIG', 'MEMORY_API_THREADS', 'MEMORY_API_QUEUE',
+      'MEMORY_SEARCH_EMBED_TIMEOUT']) assert.match(h.stdout, new RegExp(v));
     for (const [k, v] of [['WORKER_CONCURRENCY', 'many'], ['REDIS_URL', 'http://x'], ['RETRY_BASE', '-1'], ['LLM_PROXY_URL', 'proxy:8000']]) {
       const r = spawnSync(bin, [], { encoding: 'utf8', env: { [k]: v } });
       assert.equal(r.status, 2, `${k}=${v}`);
