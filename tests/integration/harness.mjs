@@ -217,3 +217,21 @@ export async function freePort() {
     });
   });
 }
+
+// The environment every worker test starts from: its services, llm_proxy at
+// proxyUrl, the double's models, passes only when a test asks (no poll, no
+// background concurrency), fast retries. extra overrides or adds.
+export function workerTestEnv(svc, proxyUrl, extra = {}) {
+  return {
+    LLM_PROXY_URL: proxyUrl,
+    REDIS_URL: svc.redisUrl,
+    DATABASE_URL: svc.databaseUrl,
+    SUMMARY_MODEL: 'qwen3:8b',
+    EMBEDDING_MODEL: 'bge-m3',
+    POLL_INTERVAL: '3600',
+    WORKER_CONCURRENCY: '0',
+    RETRY_BASE: '0.05',
+    RETRY_MAX: '0.1',
+    ...extra,
+  };
+}

@@ -6,25 +6,16 @@
 // through another worker, the stopped one resumes and finishes its pass.
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
-import { startDouble, startProxy, startWorker } from './harness.mjs';
+import { startDouble, startProxy, startWorker, workerTestEnv } from './harness.mjs';
 import { useServices } from './services.mjs';
 
 let svc, double, proxy, w;
 
 function env(extra = {}) {
-  return {
-    LLM_PROXY_URL: proxy.url,
-    REDIS_URL: svc.redisUrl,
-    DATABASE_URL: svc.databaseUrl,
-    SUMMARY_MODEL: 'qwen3:8b',
-    EMBEDDING_MODEL: 'bge-m3',
-    POLL_INTERVAL: '3600',
-    WORKER_CONCURRENCY: '0',
-    RETRY_BASE: '0.05',
-    RETRY_MAX: '0.1',
+  return workerTestEnv(svc, proxy.url, {
     LEASE_TIMEOUT: '30',
     ...extra,
-  };
+  });
 }
 
 const msg = (content, extra = {}) => JSON.stringify({ role: 'user', content, ...extra });

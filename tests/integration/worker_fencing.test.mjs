@@ -10,25 +10,16 @@
 // duplicate of (a) and the loss of (b).
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
-import { freePort, startDouble, startProxy, startWorker } from './harness.mjs';
+import { freePort, startDouble, startProxy, startWorker, workerTestEnv } from './harness.mjs';
 import { useServices } from './services.mjs';
 
 let svc, double, proxy, proxyPort;
 
 function env(extra = {}) {
-  return {
-    LLM_PROXY_URL: `http://127.0.0.1:${proxyPort}`,
-    REDIS_URL: svc.redisUrl,
-    DATABASE_URL: svc.databaseUrl,
-    SUMMARY_MODEL: 'qwen3:8b',
-    EMBEDDING_MODEL: 'bge-m3',
-    POLL_INTERVAL: '3600',
-    WORKER_CONCURRENCY: '0',
-    RETRY_BASE: '0.05',
-    RETRY_MAX: '0.1',
+  return workerTestEnv(svc, `http://127.0.0.1:${proxyPort}`, {
     LEASE_TIMEOUT: '30',
     ...extra,
-  };
+  });
 }
 
 function push(user, prefix, n) {

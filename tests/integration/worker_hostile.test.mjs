@@ -7,28 +7,19 @@
 import assert from 'node:assert/strict';
 import os from 'node:os';
 import { after, before, describe, test } from 'node:test';
-import { freePort, startDouble, startProxy, startWorker } from './harness.mjs';
+import { freePort, startDouble, startProxy, startWorker, workerTestEnv } from './harness.mjs';
 import { useServices } from './services.mjs';
 
 let svc, double, proxy, proxyPort;
 const workers = [];
 
 function workerEnv(extra = {}) {
-  return {
-    LLM_PROXY_URL: `http://127.0.0.1:${proxyPort}`,
-    REDIS_URL: svc.redisUrl,
-    DATABASE_URL: svc.databaseUrl,
-    SUMMARY_MODEL: 'qwen3:8b',
-    EMBEDDING_MODEL: 'bge-m3',
-    POLL_INTERVAL: '3600',
-    WORKER_CONCURRENCY: '0',
-    RETRY_BASE: '0.05',
-    RETRY_MAX: '0.1',
+  return workerTestEnv(svc, `http://127.0.0.1:${proxyPort}`, {
     MAX_ATTEMPTS: '3',
     LEASE_TIMEOUT: '5',
     EMBED_BATCH: '16',
     ...extra,
-  };
+  });
 }
 
 async function worker(extra) {

@@ -5,28 +5,19 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { BIN_DIR, freePort, startDouble, startProxy, startWorker } from './harness.mjs';
+import { BIN_DIR, freePort, startDouble, startProxy, startWorker, workerTestEnv } from './harness.mjs';
 import { useServices } from './services.mjs';
 
 let svc, double, proxy, proxyPort;
 const workers = [];
 
 function workerEnv(extra = {}) {
-  return {
-    LLM_PROXY_URL: `http://127.0.0.1:${proxyPort}`,
-    REDIS_URL: svc.redisUrl,
-    DATABASE_URL: svc.databaseUrl,
-    SUMMARY_MODEL: 'qwen3:8b',
-    EMBEDDING_MODEL: 'bge-m3',
-    POLL_INTERVAL: '3600', // passes are triggered by the tests
-    WORKER_CONCURRENCY: '0', // passes run only when a test asks
-    RETRY_BASE: '0.05',
-    RETRY_MAX: '0.1',
+  return workerTestEnv(svc, `http://127.0.0.1:${proxyPort}`, {
     MAX_ATTEMPTS: '3',
     LEASE_TIMEOUT: '2',
     API_TIMEOUT: '5',
     ...extra,
-  };
+  });
 }
 
 async function worker(extra) {

@@ -6,24 +6,13 @@
 // known similarities to a query from them).
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
-import { assertOpenAIError, freePort, postJson, startDouble, startProxy, startWorker } from './harness.mjs';
+import { assertOpenAIError, freePort, postJson, startDouble, startProxy, startWorker, workerTestEnv } from './harness.mjs';
 import { useServices } from './services.mjs';
 
 let svc, double, proxy, w;
 
 function env(extra = {}) {
-  return {
-    LLM_PROXY_URL: proxy.url,
-    REDIS_URL: svc.redisUrl,
-    DATABASE_URL: svc.databaseUrl,
-    SUMMARY_MODEL: 'qwen3:8b',
-    EMBEDDING_MODEL: 'bge-m3',
-    POLL_INTERVAL: '3600',
-    WORKER_CONCURRENCY: '0',
-    RETRY_BASE: '0.05',
-    RETRY_MAX: '0.1',
-    ...extra,
-  };
+  return workerTestEnv(svc, proxy.url, extra);
 }
 
 async function embed(text) {
