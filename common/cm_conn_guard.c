@@ -12,6 +12,8 @@
 #include <event2/listener.h>
 #include <errno.h>
 #include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <sys/socket.h>
@@ -41,9 +43,21 @@ struct guard {
     struct guard *lnext, *lprev; /* all guards */
 };
 
+/* Shared by the guard sets of every worker: open counts every connection
+ * of every set; sets (under mu) is who to tell when the cap is reached or
+ * left. */
+struct cm_conn_cap {
+    atomic_uint open;
+    unsigned max;
+    pthread_mutex_t mu;
+    struct cm_conn_guards **sets;
+    size_t nsets;
+};
+
 struct cm_conn_guards {
     struct event_base *base;
-    unsigned max;
+    struct cm_conn_cap *cap; /* borrowed; NULL = no cap */
+    struct event *cap_ev;    /* activated (from any thread) when the cap state changes */
     double read_timeout;
     struct evconnlistener *listener;
     int paused;
@@ -100,17 +114,60 @@ static void grow(struct cm_conn_guards *g)
 
 static void update_listener(struct cm_conn_guards *g)
 {
-    if (!g->listener || !g->max)
+    if (!g->listener || !g->cap || !g->cap->max)
         return;
-    if (!g->paused && g->count >= g->max) {
+    unsigned open = atomic_load(&g->cap->open);
+    if (!g->paused && open >= g->cap->max) {
         evconnlistener_disable(g->listener);
         g->paused = 1;
         CM_WARN(NULL, "connection_cap", "%u connections open: not accepting until one closes",
-                g->count);
-    } else if (g->paused && g->count < g->max) {
+                open);
+    } else if (g->paused && open < g->cap->max) {
         evconnlistener_enable(g->listener);
         g->paused = 0;
     }
+}
+
+static void cap_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    update_listener(arg);
+}
+
+/* The open count reached or left the cap: every set re-checks its
+ * listener, self at once, the others on their own thread. */
+static void cap_changed(struct cm_conn_guards *self)
+{
+    struct cm_conn_cap *c = self->cap;
+    update_listener(self);
+    pthread_mutex_lock(&c->mu);
+    for (size_t i = 0; i < c->nsets; i++)
+        if (c->sets[i] != self)
+            event_active(c->sets[i]->cap_ev, EV_TIMEOUT, 1);
+    pthread_mutex_unlock(&c->mu);
+}
+
+struct cm_conn_cap *cm_conn_cap_new(unsigned max_connections)
+{
+    struct cm_conn_cap *c = cm_xcalloc(1, sizeof *c);
+    c->max = max_connections;
+    pthread_mutex_init(&c->mu, NULL);
+    return c;
+}
+
+void cm_conn_cap_free(struct cm_conn_cap *c)
+{
+    if (!c)
+        return;
+    pthread_mutex_destroy(&c->mu);
+    free(c->sets);
+    free(c);
+}
+
+unsigned cm_conn_cap_open(const struct cm_conn_cap *c)
+{
+    return atomic_load(&c->open);
 }
 
 static void input_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
@@ -159,6 +216,8 @@ static void drop(struct cm_conn_guards *g, struct guard *x)
     g->count--;
     bufferevent_decref(x->bev); /* evhttp has let go: this frees it and closes the fd */
     free(x);
+    if (g->cap && g->cap->max && atomic_fetch_sub(&g->cap->open, 1) == g->cap->max)
+        cap_changed(g); /* back under the cap */
 }
 
 /* Returns 1 while x should stay open to drop the client's input. */
@@ -260,13 +319,20 @@ static void sweep_cb(evutil_socket_t fd, short what, void *arg)
     update_listener(g);
 }
 
-struct cm_conn_guards *cm_conn_guards_new(struct event_base *base, unsigned max_connections,
+struct cm_conn_guards *cm_conn_guards_new(struct event_base *base, struct cm_conn_cap *cap,
                                           double request_read_timeout_s)
 {
     struct cm_conn_guards *g = cm_xcalloc(1, sizeof *g);
     g->base = base;
-    g->max = max_connections;
+    g->cap = cap;
     g->read_timeout = request_read_timeout_s;
+    if (cap) {
+        g->cap_ev = event_new(base, -1, 0, cap_cb, g);
+        pthread_mutex_lock(&cap->mu);
+        cap->sets = cm_xrealloc(cap->sets, (cap->nsets + 1) * sizeof *cap->sets);
+        cap->sets[cap->nsets++] = g;
+        pthread_mutex_unlock(&cap->mu);
+    }
     g->nbuckets = 256;
     g->buckets = cm_xcalloc(g->nbuckets, sizeof *g->buckets);
     g->sweep = event_new(base, -1, EV_PERSIST, sweep_cb, g);
@@ -279,8 +345,18 @@ void cm_conn_guards_free(struct cm_conn_guards *g)
 {
     if (!g)
         return;
+    if (g->cap) {
+        pthread_mutex_lock(&g->cap->mu);
+        for (size_t i = 0; i < g->cap->nsets; i++)
+            if (g->cap->sets[i] == g)
+                g->cap->sets[i] = g->cap->sets[--g->cap->nsets];
+        pthread_mutex_unlock(&g->cap->mu);
+    }
+    g->listener = NULL; /* freed with evhttp already */
     while (g->all)
         drop(g, g->all);
+    if (g->cap_ev)
+        event_free(g->cap_ev);
     event_free(g->sweep);
     free(g->buckets);
     free(g);
@@ -289,6 +365,7 @@ void cm_conn_guards_free(struct cm_conn_guards *g)
 void cm_conn_guards_set_listener(struct cm_conn_guards *g, struct evconnlistener *l)
 {
     g->listener = l;
+    g->paused = 0;
     update_listener(g);
 }
 
@@ -310,7 +387,21 @@ void cm_conn_guards_add(struct cm_conn_guards *g, struct bufferevent *bev)
     g->all = x;
     g->count++;
     evbuffer_add_cb(bufferevent_get_input(bev), input_cb, x);
-    update_listener(g);
+    if (!g->cap || !g->cap->max)
+        return;
+    unsigned open = atomic_fetch_add(&g->cap->open, 1) + 1;
+    if (open > g->cap->max) {
+        /* Another worker took the last place in the same instant (before
+         * this one heard of it): the cap holds, this connection is closed. */
+        x->killed = 1;
+        evutil_socket_t s = bufferevent_getfd(bev);
+        if (s >= 0)
+            shutdown(s, SHUT_RDWR);
+        CM_WARN(NULL, "connection_cap", "%u connections open: closed one accepted at the cap",
+                open - 1);
+    }
+    if (open >= g->cap->max)
+        cap_changed(g);
 }
 
 void cm_conn_guards_busy(struct cm_conn_guards *g, struct bufferevent *bev, int busy)
