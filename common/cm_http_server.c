@@ -1268,6 +1268,11 @@ int cm_http_server_start(struct cm_http_server *srv, char *err, size_t errlen)
     return 0;
 }
 
+void cm_http_server_set_port(struct cm_http_server *srv, int port)
+{
+    srv->opts.port = port;
+}
+
 int cm_http_server_port(const struct cm_http_server *srv)
 {
     return srv->port;

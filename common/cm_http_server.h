@@ -136,6 +136,9 @@ void cm_http_server_count_reject(struct cm_http_server *srv, const char *reason)
 /* Binds and listens. Returns 0, or -1 with a reason in err. */
 int cm_http_server_start(struct cm_http_server *srv, char *err, size_t errlen);
 int cm_http_server_port(const struct cm_http_server *srv);
+/* Changes opts.port before cm_http_server_start() (a worker joining the
+ * port another one was given). */
+void cm_http_server_set_port(struct cm_http_server *srv, int port);
 /* Writes the bound port to path (atomically: temp file + rename), for
  * callers that asked for port 0. Returns 0 or -1. */
 int cm_http_server_write_port_file(const struct cm_http_server *srv, const char *path);
