@@ -39,6 +39,7 @@ struct guard {
     struct cm_http_track track;  /* chunk extensions evhttp cannot parse */
     size_t receiving;            /* body bytes read, not yet dispatched (in the budget) */
     int paused;                  /* reading stopped: the memory budget is full */
+    int held;                    /* accepted over the cap: not read until there is room */
     struct guard *next;          /* hash chain */
     struct guard *lnext, *lprev; /* all guards */
 };
@@ -58,6 +59,8 @@ struct cm_conn_guards {
     struct event_base *base;
     struct cm_conn_cap *cap; /* borrowed; NULL = no cap */
     struct event *cap_ev;    /* activated (from any thread) when the cap state changes */
+    struct ev_token_bucket_cfg *hold_cfg; /* rate limit that stops reading a held guard */
+    unsigned nheld;
     double read_timeout;
     struct evconnlistener *listener;
     int paused;
@@ -128,11 +131,28 @@ static void update_listener(struct cm_conn_guards *g)
     }
 }
 
+/* Held connections are counted in cap->open already: once it is within the
+ * cap again, they all fit. */
+static void release_holds(struct cm_conn_guards *g)
+{
+    if (!g->nheld || atomic_load(&g->cap->open) > g->cap->max)
+        return;
+    for (struct guard *x = g->all; x; x = x->lnext) {
+        if (!x->held)
+            continue;
+        x->held = 0;
+        x->reading_since = 0;
+        g->nheld--;
+        bufferevent_set_rate_limit(x->bev, NULL);
+    }
+}
+
 static void cap_cb(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
     update_listener(arg);
+    release_holds(arg);
 }
 
 /* The open count reached or left the cap: every set re-checks its
@@ -141,6 +161,7 @@ static void cap_changed(struct cm_conn_guards *self)
 {
     struct cm_conn_cap *c = self->cap;
     update_listener(self);
+    release_holds(self);
     pthread_mutex_lock(&c->mu);
     for (size_t i = 0; i < c->nsets; i++)
         if (c->sets[i] != self)
@@ -203,6 +224,8 @@ static void input_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, 
 static void drop(struct cm_conn_guards *g, struct guard *x)
 {
     cm_mem_budget_release(x->receiving);
+    if (x->held)
+        g->nheld--;
     struct guard **pp = &g->buckets[slot(g, x->bev)];
     while (*pp != x)
         pp = &(*pp)->next;
@@ -216,8 +239,8 @@ static void drop(struct cm_conn_guards *g, struct guard *x)
     g->count--;
     bufferevent_decref(x->bev); /* evhttp has let go: this frees it and closes the fd */
     free(x);
-    if (g->cap && g->cap->max && atomic_fetch_sub(&g->cap->open, 1) == g->cap->max)
-        cap_changed(g); /* back under the cap */
+    if (g->cap && g->cap->max && atomic_fetch_sub(&g->cap->open, 1) >= g->cap->max)
+        cap_changed(g); /* back under the cap, or a held connection's turn */
 }
 
 /* Returns 1 while x should stay open to drop the client's input. */
@@ -303,7 +326,7 @@ static void sweep_cb(evutil_socket_t fd, short what, void *arg)
             x->paused = 0;
             if (rcb)
                 bufferevent_enable(x->bev, EV_READ);
-        } else if (!x->killed && !x->busy && x->reading_since > 0 &&
+        } else if (!x->killed && !x->busy && !x->held && x->reading_since > 0 &&
                    now - x->reading_since > g->read_timeout) {
             /* Shut the socket down; evhttp sees the failure and frees the
              * connection through its own path. */
@@ -317,6 +340,8 @@ static void sweep_cb(evutil_socket_t fd, short what, void *arg)
         x = next;
     }
     update_listener(g);
+    if (g->cap)
+        release_holds(g);
 }
 
 struct cm_conn_guards *cm_conn_guards_new(struct event_base *base, struct cm_conn_cap *cap,
@@ -357,6 +382,8 @@ void cm_conn_guards_free(struct cm_conn_guards *g)
         drop(g, g->all);
     if (g->cap_ev)
         event_free(g->cap_ev);
+    if (g->hold_cfg)
+        ev_token_bucket_cfg_free(g->hold_cfg);
     event_free(g->sweep);
     free(g->buckets);
     free(g);
@@ -392,12 +419,17 @@ void cm_conn_guards_add(struct cm_conn_guards *g, struct bufferevent *bev)
     unsigned open = atomic_fetch_add(&g->cap->open, 1) + 1;
     if (open > g->cap->max) {
         /* Another worker took the last place in the same instant (before
-         * this one heard of it): the cap holds, this connection is closed. */
-        x->killed = 1;
-        evutil_socket_t s = bufferevent_getfd(bev);
-        if (s >= 0)
-            shutdown(s, SHUT_RDWR);
-        CM_WARN(NULL, "connection_cap", "%u connections open: closed one accepted at the cap",
+         * this one heard of it): this connection is held, not read (a rate
+         * limit of one byte per hour) until a place frees, as if it were
+         * still waiting in the kernel's backlog. */
+        if (!g->hold_cfg) {
+            struct timeval hour = {3600, 0};
+            g->hold_cfg = ev_token_bucket_cfg_new(1, 1, EV_RATE_LIMIT_MAX, EV_RATE_LIMIT_MAX, &hour);
+        }
+        x->held = 1;
+        g->nheld++;
+        bufferevent_set_rate_limit(bev, g->hold_cfg);
+        CM_WARN(NULL, "connection_cap", "%u connections open: holding one accepted at the cap",
                 open - 1);
     }
     if (open >= g->cap->max)

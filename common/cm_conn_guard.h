@@ -23,9 +23,12 @@
  * the shared atomic count; the set whose connection reaches the cap pauses
  * its listener and wakes the other sets (event_active on their loops) to
  * pause theirs; the set whose close leaves the cap does the same to resume.
- * A connection two workers accept in the same instant, the second over the
- * cap before it heard of the first, is shut down at once: the cap is never
- * exceeded.
+ * Two workers accepting in the same instant, the second before it heard
+ * that the first reached the cap, can take the count over it (by at most
+ * workers - 1): such a connection is held, not read (its bufferevent
+ * rate-limited to one byte per hour, no request is served on it), until
+ * the count is within the cap again; so the connections served never
+ * exceed the cap and no client is refused.
  *
  * Ownership: the guard set is owned by its cm_http_server; guards are
  * internal; the cap is owned by its creator and outlives the guard sets.

@@ -82,8 +82,8 @@ static void signal_cb(evutil_socket_t sig, short what, void *arg)
     }
     struct proxy_totals t;
     proxy_workers_totals(app->workers, &t);
-    CM_INFO(NULL, "shutdown", "signal %d: draining %u request(s) on %u worker(s), grace %.1fs",
-            (int)sig, t.inflight, proxy_workers_count(app->workers), app->px.cfg.shutdown_grace);
+    CM_INFO(NULL, "signal", "signal %d: draining %u request(s) on %u worker(s)", (int)sig,
+            t.inflight, proxy_workers_count(app->workers));
     proxy_workers_drain(app->workers);
 }
 

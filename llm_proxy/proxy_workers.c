@@ -32,6 +32,7 @@ struct proxy_workers {
     unsigned n;
     struct proxy_worker *w;
     atomic_uint running;
+    atomic_uint to_drain; /* workers that have not started draining yet */
     struct event *main_done;
 };
 
@@ -132,6 +133,10 @@ static void drain_cb(evutil_socket_t fd, short what, void *arg)
     struct timeval gt = {(time_t)g, (suseconds_t)((g - (double)(time_t)g) * 1e6)};
     w->grace_timer = evtimer_new(px->base, grace_cb, w);
     evtimer_add(w->grace_timer, &gt);
+    /* The last worker to start says so: from this line on, every worker
+     * refuses new work (tests and operators wait for it). */
+    if (atomic_fetch_sub(&w->all->to_drain, 1) == 1)
+        CM_INFO(NULL, "shutdown", "%u worker(s) draining, grace %.1fs", w->all->n, g);
 }
 
 static void stop_cb(evutil_socket_t fd, short what, void *arg)
@@ -265,6 +270,7 @@ int proxy_workers_start(struct proxy_workers *ws, struct event *main_done)
 
 void proxy_workers_drain(struct proxy_workers *ws)
 {
+    atomic_store(&ws->to_drain, ws->n);
     for (unsigned i = 0; i < ws->n; i++)
         event_active(ws->w[i].drain_ev, EV_TIMEOUT, 1);
 }
