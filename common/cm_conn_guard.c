@@ -424,7 +424,8 @@ void cm_conn_guards_add(struct cm_conn_guards *g, struct bufferevent *bev)
          * still waiting in the kernel's backlog. */
         if (!g->hold_cfg) {
             struct timeval hour = {3600, 0};
-            g->hold_cfg = ev_token_bucket_cfg_new(1, 1, EV_RATE_LIMIT_MAX, EV_RATE_LIMIT_MAX, &hour);
+            g->hold_cfg =
+                ev_token_bucket_cfg_new(1, 1, EV_RATE_LIMIT_MAX, EV_RATE_LIMIT_MAX, &hour);
         }
         x->held = 1;
         g->nheld++;

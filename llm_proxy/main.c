@@ -37,7 +37,7 @@ static const double duration_buckets[] = {0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 
                                           1,     2.5,   5,    10,    30,   60,  120};
 
 struct app {
-    struct proxy px; /* the template each worker copies (cfg, metrics) */
+    struct proxy px;         /* the template each worker copies (cfg, metrics) */
     struct event_base *base; /* the main thread's loop: signals, workers' end */
     struct proxy_workers *workers;
     struct event *sigterm, *sigint, *done;
@@ -229,12 +229,13 @@ int main(int argc, char **argv)
         rc = 1;
         goto out;
     }
-    proxy_config_log(&px->cfg);
+    /* Signals are handled and the port file is written before the
+     * "listening" line: whoever waits for that line may use both at once. */
+    app.sigterm = evsignal_new(app.base, SIGTERM, signal_cb, &app);
+    app.sigint = evsignal_new(app.base, SIGINT, signal_cb, &app);
+    event_add(app.sigterm, NULL);
+    event_add(app.sigint, NULL);
     struct proxy *first = proxy_workers_first(app.workers);
-    CM_INFO(NULL, "listening", "host=%s port=%d upstream=%s hosts=%zu workers=%u version=%s",
-            px->cfg.host, proxy_workers_port(app.workers),
-            upstream_host_label(upstream_pool_host(first->pool, 0)),
-            upstream_pool_size(first->pool), nworkers, PROJECT_VERSION);
     if (px->cfg.port_file && cm_http_server_write_port_file(first->srv, px->cfg.port_file)) {
         CM_ERROR(NULL, "startup_failed", "cannot write LLM_PROXY_PORT_FILE %s", px->cfg.port_file);
         rc = 1;
@@ -244,10 +245,11 @@ int main(int argc, char **argv)
                                    "Event-loop threads serving requests (LLM_PROXY_WORKERS).",
                                    NULL),
                   NULL, nworkers);
-    app.sigterm = evsignal_new(app.base, SIGTERM, signal_cb, &app);
-    app.sigint = evsignal_new(app.base, SIGINT, signal_cb, &app);
-    event_add(app.sigterm, NULL);
-    event_add(app.sigint, NULL);
+    proxy_config_log(&px->cfg);
+    CM_INFO(NULL, "listening", "host=%s port=%d upstream=%s hosts=%zu workers=%u version=%s",
+            px->cfg.host, proxy_workers_port(app.workers),
+            upstream_host_label(upstream_pool_host(first->pool, 0)),
+            upstream_pool_size(first->pool), nworkers, PROJECT_VERSION);
     app.done = event_new(app.base, -1, 0, workers_done_cb, &app);
     if (proxy_workers_start(app.workers, app.done) != 0)
         rc = 1;

@@ -39,9 +39,9 @@ struct proxy {
     struct ready_probe *ready;           /* /ready's cached probe (health_handler.c) */
     struct ws_session *ws_sessions;      /* this worker's live WebSocket sessions (ws_chat.c) */
     _Atomic unsigned ws_count;           /* its length */
-    struct cm_metric *m_up_requests;  /* host, route, status */
-    struct cm_metric *m_up_in_flight; /* host */
-    struct cm_metric *m_up_healthy;   /* host */
+    struct cm_metric *m_up_requests;     /* host, route, status */
+    struct cm_metric *m_up_in_flight;    /* host */
+    struct cm_metric *m_up_healthy;      /* host */
     struct cm_metric *m_up_failovers;
     struct cm_metric *m_worker_requests; /* worker */
     struct proxy_workers *workers;       /* every worker (proxy_workers.h) */

@@ -39,7 +39,7 @@
              NULL,                                                                                 \
              0,                                                                                    \
              &(cfg)->workers,                                                                      \
-             "Event-loop threads, each serving the port (SO_REUSEPORT) with its own upstream "    \
+             "Event-loop threads, each serving the port (SO_REUSEPORT) with its own upstream "     \
              "clients (0 = one per CPU available to the process)"},                                \
             {"OLLAMA_URL_INTERNAL",                                                                \
              CM_CFG_URL,                                                                           \

@@ -175,20 +175,19 @@ struct proxy_workers *proxy_workers_new(const struct proxy *tmpl, unsigned n,
         }
         px->pool = upstream_pool_new(px->base, hosts, i == 0);
         const struct proxy_config *c = &px->cfg;
-        struct cm_http_server_opts so = {
-            .host = c->host,
-            .port = (int)c->port,
-            .max_body_bytes = c->max_body_bytes,
-            .max_header_bytes = c->max_header_bytes,
-            .idle_timeout_s = c->idle_timeout,
-            .api_key = c->api_key,
-            .max_connections = (unsigned)c->max_connections,
-            .request_read_timeout_s = c->request_read_timeout,
-            .origins = c->origins,
-            .conn_cap = cap,
-            .listen = ws->n == 1 ? CM_LISTEN_EXCLUSIVE
-                      : i == 0   ? CM_LISTEN_REUSEPORT_FIRST
-                                 : CM_LISTEN_REUSEPORT_JOIN};
+        struct cm_http_server_opts so = {.host = c->host,
+                                         .port = (int)c->port,
+                                         .max_body_bytes = c->max_body_bytes,
+                                         .max_header_bytes = c->max_header_bytes,
+                                         .idle_timeout_s = c->idle_timeout,
+                                         .api_key = c->api_key,
+                                         .max_connections = (unsigned)c->max_connections,
+                                         .request_read_timeout_s = c->request_read_timeout,
+                                         .origins = c->origins,
+                                         .conn_cap = cap,
+                                         .listen = ws->n == 1 ? CM_LISTEN_EXCLUSIVE
+                                                   : i == 0   ? CM_LISTEN_REUSEPORT_FIRST
+                                                              : CM_LISTEN_REUSEPORT_JOIN};
         px->srv = cm_http_server_new(px->base, &so);
         cm_http_server_on_done(px->srv, record_done, px);
         cm_http_server_on_reject(px->srv, record_reject, px);
@@ -234,7 +233,10 @@ static void *worker_main(void *arg)
     struct proxy_worker *w = arg;
     struct proxy_workers *ws = w->all;
     cm_log_set_worker((int)w->px.worker);
-    upstream_pool_start(w->px.pool); /* worker 0 only: the refresh */
+    char name[16];
+    snprintf(name, sizeof name, "llm_proxy:w%u", w->px.worker % 1000);
+    pthread_setname_np(pthread_self(), name); /* top -H, /proc/PID/task/TID/comm */
+    upstream_pool_start(w->px.pool);          /* worker 0 only: the refresh */
     event_base_dispatch(w->px.base);
     if (atomic_fetch_sub(&ws->running, 1) == 1)
         event_active(ws->main_done, EV_TIMEOUT, 1);

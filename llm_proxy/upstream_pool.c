@@ -20,9 +20,9 @@
 struct upstream_shared {
     pthread_mutex_t mu;
     size_t index;
-    char *url;   /* base URL, no trailing slash */
-    char *label; /* url without userinfo */
-    _Atomic int state; /* enum upstream_host_state */
+    char *url;            /* base URL, no trailing slash */
+    char *label;          /* url without userinfo */
+    _Atomic int state;    /* enum upstream_host_state */
     atomic_uint failures; /* consecutive */
     double backoff_s;
     atomic_uint in_flight; /* across workers */
@@ -86,7 +86,8 @@ const char *upstream_host_state_name(enum upstream_host_state s)
 static void refresh_host(struct upstream_host *h);
 static void probe_start(evutil_socket_t fd, short what, void *arg);
 
-static struct upstream_host *control_host(const struct upstream_shared *sh, struct upstream_hosts *hs)
+static struct upstream_host *control_host(const struct upstream_shared *sh,
+                                          struct upstream_hosts *hs)
 {
     return hs->control ? &hs->control->hosts[sh->index] : NULL;
 }
@@ -476,8 +477,8 @@ struct upstream_host *upstream_pool_pick(struct upstream_pool *p, const char *mo
         int r = rank(h->sh, model);
         if (exclude && r == 0)
             continue;
-        if (r > best_rank ||
-            (r == best_rank && atomic_load(&h->sh->in_flight) < atomic_load(&best->sh->in_flight))) {
+        if (r > best_rank || (r == best_rank &&
+                              atomic_load(&h->sh->in_flight) < atomic_load(&best->sh->in_flight))) {
             best = h;
             best_rank = r;
         }
