@@ -150,7 +150,7 @@
              NULL,                                                                                 \
              0,                                                                                    \
              &(cfg)->max_connections,                                                              \
-             "Open client connections at most (0 = no cap)"},                                      \
+             "Open client connections at most, all workers together (0 = no cap)"},                \
             {"LLM_PROXY_REQUEST_READ_TIMEOUT",                                                     \
              CM_CFG_SECONDS,                                                                       \
              "30",                                                                                 \
