@@ -42,9 +42,24 @@ static void setup(void)
         abort();
     cm_log_init("fuzz_ws", CM_LOG_ERROR, CM_LOG_TEXT);
     px.base = event_base_new();
-    px.hc = cm_hc_new(px.base);
     static const double buckets[] = {0.1, 1};
     px.metrics = cm_metrics_new();
+    /* One worker's pool over the configured hosts (no refresh, no probes:
+     * not the control pool). */
+    struct upstream_pool_opts o = {
+        .fail_threshold = 3,
+        .backoff_min_s = 1,
+        .backoff_max_s = 1,
+        .connect_timeout_s = 1,
+        .max_upstream = 4,
+        .queue_size = 4,
+        .queue_timeout_s = 1,
+        .m_requests = cm_metrics_counter(px.metrics, "up", "", "host,route,status"),
+        .m_in_flight = cm_metrics_gauge(px.metrics, "up_in_flight", "", "host"),
+        .m_healthy = cm_metrics_gauge(px.metrics, "up_healthy", "", "host"),
+        .m_failovers = cm_metrics_counter(px.metrics, "failovers", "", NULL)};
+    px.pool = upstream_pool_new(
+        px.base, upstream_hosts_new(px.cfg.upstream_urls, px.cfg.n_upstreams, &o), 0);
     px.m_ttft = cm_metrics_histogram(px.metrics, "ttft", "", "route", buckets, 2);
     px.m_upstream_errors = cm_metrics_counter(px.metrics, "upstream_errors", "", "route,kind");
     px.m_tokens = cm_metrics_counter(px.metrics, "tokens", "", "type");
