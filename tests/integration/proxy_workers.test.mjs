@@ -12,7 +12,7 @@ import path from 'node:path';
 import { once } from 'node:events';
 import { after, before, test } from 'node:test';
 import WebSocket from 'ws';
-import { chatBody, dataOf, openChatStream, postJson, sseReader, startDouble, startProxy } from './harness.mjs';
+import { chatBody, dataOf, freePort, openChatStream, postJson, sseReader, startDouble, startProxy } from './harness.mjs';
 
 let double;
 before(async () => { double = await startDouble(); });
@@ -235,5 +235,27 @@ test('the default is one worker per CPU available (sched_getaffinity)', async ()
     assert.equal(metric(await metricsText(p), 'llm_proxy_workers'), cpus);
   } finally {
     await p.stop();
+  }
+});
+
+test('SO_REUSEPORT never shares a port by accident: a port in use, by llm_proxy or anyone, is refused', async () => {
+  const port = await freePort();
+  const a = await startProxy({ LLM_PROXY_WORKERS: '2', LLM_PROXY_PORT: String(port) }, { upstream: double });
+  try {
+    // A second llm_proxy (same user, SO_REUSEPORT too) must not join a's port.
+    await assert.rejects(startProxy({ LLM_PROXY_WORKERS: '2', LLM_PROXY_PORT: String(port) }, { upstream: double }),
+      /exited with 1[^]*startup_failed[^]*cannot listen/);
+    assert.equal((await request(port, 'GET', '/health')).status, 200);
+  } finally {
+    await a.stop();
+  }
+  // Any other listener on the port (no SO_REUSEPORT): refused as well.
+  const other = net.createServer();
+  await new Promise((resolve) => other.listen(port, '127.0.0.1', resolve));
+  try {
+    await assert.rejects(startProxy({ LLM_PROXY_WORKERS: '2', LLM_PROXY_PORT: String(port) }, { upstream: double }),
+      /exited with 1[^]*cannot listen/);
+  } finally {
+    other.close();
   }
 });
