@@ -316,6 +316,12 @@ static void sweep_cb(evutil_socket_t fd, short what, void *arg)
         if (!ecb) {
             if (!linger(x, now))
                 drop(g, x);
+        } else if (x->held && peer_gone(x)) {
+            /* Its client left while it waited: read again so that evhttp
+             * sees the end and frees it (it then leaves the count). */
+            x->held = 0;
+            g->nheld--;
+            bufferevent_set_rate_limit(x->bev, NULL);
         } else if (x->paused && !x->busy && (x->killed || peer_gone(x))) {
             unpause_dead(x);
         } else if (x->paused && !x->busy && !cm_mem_budget_over()) {

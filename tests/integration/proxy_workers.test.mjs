@@ -173,6 +173,31 @@ test('LLM_PROXY_MAX_CONNECTIONS holds across workers: 2 + 2 held, the fifth wait
   }
 });
 
+test('a burst of connections at the cap: never more of them served than the cap', async () => {
+  const d = await startDouble();
+  const p = await startProxy({ LLM_PROXY_WORKERS: '2', LLM_PROXY_MAX_CONNECTIONS: '2' }, { upstream: d });
+  const socks = [];
+  try {
+    // 24 connections at once, each asking for a gated stream: both workers
+    // accept at the same time; whatever the race, two streams run.
+    socks.push(...await Promise.all(Array.from({ length: 24 }, () => rawConnect(p.port))));
+    const body = JSON.stringify(chatBody('burst @gate', { stream: true, think: false }));
+    for (const s of socks) {
+      s.write(`POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
+    }
+    const answered = () => socks.filter((s) => s.data.startsWith('HTTP/1.1 200')).length;
+    while (answered() < 2) await Promise.race(socks.map((s) => once(s, 'data')));
+    // Ask the double many times: the streams running never pass the cap,
+    // and no third client is answered.
+    for (let i = 0; i < 50; i++) assert.equal((await d.stats()).active_streams, 2);
+    assert.equal(answered(), 2);
+  } finally {
+    for (const s of socks) s.destroy();
+    await p.stop();
+    await d.stop();
+  }
+});
+
 test('SIGTERM with two workers: the streams of both finish, then exit 0', async () => {
   const p = await startProxy({ LLM_PROXY_WORKERS: '2', SHUTDOWN_GRACE: '20' }, { upstream: double });
   // 12 gated streams, each on its own connection (all on one worker: 1 in 2048).
