@@ -12,6 +12,8 @@
 #include <event2/listener.h>
 #include <errno.h>
 #include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <sys/socket.h>
@@ -37,13 +39,28 @@ struct guard {
     struct cm_http_track track;  /* framing ahead of evhttp (cm_http_track.h) */
     size_t receiving;            /* body bytes read, not yet dispatched (in the budget) */
     int paused;                  /* reading stopped: the memory budget is full */
+    int held;                    /* accepted over the cap: not read until there is room */
     struct guard *next;          /* hash chain */
     struct guard *lnext, *lprev; /* all guards */
 };
 
+/* Shared by the guard sets of every worker: open counts every connection
+ * of every set; sets (under mu) is who to tell when the cap is reached or
+ * left. */
+struct cm_conn_cap {
+    atomic_uint open;
+    unsigned max;
+    pthread_mutex_t mu;
+    struct cm_conn_guards **sets;
+    size_t nsets;
+};
+
 struct cm_conn_guards {
     struct event_base *base;
-    unsigned max;
+    struct cm_conn_cap *cap; /* borrowed; NULL = no cap */
+    struct event *cap_ev;    /* activated (from any thread) when the cap state changes */
+    struct ev_token_bucket_cfg *hold_cfg; /* rate limit that stops reading a held guard */
+    unsigned nheld;
     double read_timeout;
     long long max_body; /* bodies larger than this are refused by evhttp (413) */
     cm_conn_output_cb output_cb;
@@ -103,17 +120,78 @@ static void grow(struct cm_conn_guards *g)
 
 static void update_listener(struct cm_conn_guards *g)
 {
-    if (!g->listener || !g->max)
+    if (!g->listener || !g->cap || !g->cap->max)
         return;
-    if (!g->paused && g->count >= g->max) {
+    unsigned open = atomic_load(&g->cap->open);
+    if (!g->paused && open >= g->cap->max) {
         evconnlistener_disable(g->listener);
         g->paused = 1;
         CM_WARN(NULL, "connection_cap", "%u connections open: not accepting until one closes",
-                g->count);
-    } else if (g->paused && g->count < g->max) {
+                open);
+    } else if (g->paused && open < g->cap->max) {
         evconnlistener_enable(g->listener);
         g->paused = 0;
     }
+}
+
+/* Held connections are counted in cap->open already: once it is within the
+ * cap again, they all fit. */
+static void release_holds(struct cm_conn_guards *g)
+{
+    if (!g->nheld || atomic_load(&g->cap->open) > g->cap->max)
+        return;
+    for (struct guard *x = g->all; x; x = x->lnext) {
+        if (!x->held)
+            continue;
+        x->held = 0;
+        x->reading_since = 0;
+        g->nheld--;
+        bufferevent_set_rate_limit(x->bev, NULL);
+    }
+}
+
+static void cap_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    update_listener(arg);
+    release_holds(arg);
+}
+
+/* The open count reached or left the cap: every set re-checks its
+ * listener, self at once, the others on their own thread. */
+static void cap_changed(struct cm_conn_guards *self)
+{
+    struct cm_conn_cap *c = self->cap;
+    update_listener(self);
+    release_holds(self);
+    pthread_mutex_lock(&c->mu);
+    for (size_t i = 0; i < c->nsets; i++)
+        if (c->sets[i] != self)
+            event_active(c->sets[i]->cap_ev, EV_TIMEOUT, 1);
+    pthread_mutex_unlock(&c->mu);
+}
+
+struct cm_conn_cap *cm_conn_cap_new(unsigned max_connections)
+{
+    struct cm_conn_cap *c = cm_xcalloc(1, sizeof *c);
+    c->max = max_connections;
+    pthread_mutex_init(&c->mu, NULL);
+    return c;
+}
+
+void cm_conn_cap_free(struct cm_conn_cap *c)
+{
+    if (!c)
+        return;
+    pthread_mutex_destroy(&c->mu);
+    free(c->sets);
+    free(c);
+}
+
+unsigned cm_conn_cap_open(const struct cm_conn_cap *c)
+{
+    return atomic_load(&c->open);
 }
 
 static void input_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
@@ -151,6 +229,8 @@ static void input_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, 
 static void drop(struct cm_conn_guards *g, struct guard *x)
 {
     cm_mem_budget_release(x->receiving);
+    if (x->held)
+        g->nheld--;
     struct guard **pp = &g->buckets[slot(g, x->bev)];
     while (*pp != x)
         pp = &(*pp)->next;
@@ -164,6 +244,8 @@ static void drop(struct cm_conn_guards *g, struct guard *x)
     g->count--;
     bufferevent_decref(x->bev); /* evhttp has let go: this frees it and closes the fd */
     free(x);
+    if (g->cap && g->cap->max && atomic_fetch_sub(&g->cap->open, 1) >= g->cap->max)
+        cap_changed(g); /* back under the cap, or a held connection's turn */
 }
 
 /* Returns 1 while x should stay open to drop the client's input. */
@@ -239,6 +321,12 @@ static void sweep_cb(evutil_socket_t fd, short what, void *arg)
         if (!ecb) {
             if (!linger(x, now))
                 drop(g, x);
+        } else if (x->held && peer_gone(x)) {
+            /* Its client left while it waited: read again so that evhttp
+             * sees the end and frees it (it then leaves the count). */
+            x->held = 0;
+            g->nheld--;
+            bufferevent_set_rate_limit(x->bev, NULL);
         } else if (x->paused && !x->busy && (x->killed || peer_gone(x))) {
             unpause_dead(x);
         } else if (x->paused && !x->busy && !cm_mem_budget_over()) {
@@ -249,7 +337,7 @@ static void sweep_cb(evutil_socket_t fd, short what, void *arg)
             x->paused = 0;
             if (rcb)
                 bufferevent_enable(x->bev, EV_READ);
-        } else if (!x->killed && !x->busy && x->reading_since > 0 &&
+        } else if (!x->killed && !x->busy && !x->held && x->reading_since > 0 &&
                    now - x->reading_since > g->read_timeout) {
             /* Shut the socket down; evhttp sees the failure and frees the
              * connection through its own path. */
@@ -263,16 +351,25 @@ static void sweep_cb(evutil_socket_t fd, short what, void *arg)
         x = next;
     }
     update_listener(g);
+    if (g->cap)
+        release_holds(g);
 }
 
-struct cm_conn_guards *cm_conn_guards_new(struct event_base *base, unsigned max_connections,
+struct cm_conn_guards *cm_conn_guards_new(struct event_base *base, struct cm_conn_cap *cap,
                                           double request_read_timeout_s, long long max_body_bytes)
 {
     struct cm_conn_guards *g = cm_xcalloc(1, sizeof *g);
     g->base = base;
-    g->max = max_connections;
+    g->cap = cap;
     g->read_timeout = request_read_timeout_s;
     g->max_body = max_body_bytes;
+    if (cap) {
+        g->cap_ev = event_new(base, -1, 0, cap_cb, g);
+        pthread_mutex_lock(&cap->mu);
+        cap->sets = cm_xrealloc(cap->sets, (cap->nsets + 1) * sizeof *cap->sets);
+        cap->sets[cap->nsets++] = g;
+        pthread_mutex_unlock(&cap->mu);
+    }
     g->nbuckets = 256;
     g->buckets = cm_xcalloc(g->nbuckets, sizeof *g->buckets);
     g->sweep = event_new(base, -1, EV_PERSIST, sweep_cb, g);
@@ -285,8 +382,20 @@ void cm_conn_guards_free(struct cm_conn_guards *g)
 {
     if (!g)
         return;
+    if (g->cap) {
+        pthread_mutex_lock(&g->cap->mu);
+        for (size_t i = 0; i < g->cap->nsets; i++)
+            if (g->cap->sets[i] == g)
+                g->cap->sets[i] = g->cap->sets[--g->cap->nsets];
+        pthread_mutex_unlock(&g->cap->mu);
+    }
+    g->listener = NULL; /* freed with evhttp already */
     while (g->all)
         drop(g, g->all);
+    if (g->cap_ev)
+        event_free(g->cap_ev);
+    if (g->hold_cfg)
+        ev_token_bucket_cfg_free(g->hold_cfg);
     event_free(g->sweep);
     free(g->buckets);
     free(g);
@@ -295,6 +404,7 @@ void cm_conn_guards_free(struct cm_conn_guards *g)
 void cm_conn_guards_set_listener(struct cm_conn_guards *g, struct evconnlistener *l)
 {
     g->listener = l;
+    g->paused = 0;
     update_listener(g);
 }
 
@@ -346,7 +456,27 @@ void cm_conn_guards_add(struct cm_conn_guards *g, struct bufferevent *bev)
     evbuffer_add_cb(bufferevent_get_input(bev), input_cb, x);
     if (g->output_cb)
         evbuffer_add_cb(bufferevent_get_output(bev), output_cb, x);
-    update_listener(g);
+    if (!g->cap || !g->cap->max)
+        return;
+    unsigned open = atomic_fetch_add(&g->cap->open, 1) + 1;
+    if (open > g->cap->max) {
+        /* Another worker took the last place in the same instant (before
+         * this one heard of it): this connection is held, not read (a rate
+         * limit of one byte per hour) until a place frees, as if it were
+         * still waiting in the kernel's backlog. */
+        if (!g->hold_cfg) {
+            struct timeval hour = {3600, 0};
+            g->hold_cfg =
+                ev_token_bucket_cfg_new(1, 1, EV_RATE_LIMIT_MAX, EV_RATE_LIMIT_MAX, &hour);
+        }
+        x->held = 1;
+        g->nheld++;
+        bufferevent_set_rate_limit(bev, g->hold_cfg);
+        CM_WARN(NULL, "connection_cap", "%u connections open: holding one accepted at the cap",
+                open - 1);
+    }
+    if (open >= g->cap->max)
+        cap_changed(g);
 }
 
 void cm_conn_guards_busy(struct cm_conn_guards *g, struct bufferevent *bev, int busy)

@@ -23,8 +23,21 @@
  * then drops the reference, which closes the socket. libevent 2.2 has
  * evhttp_set_max_connections() and separate read timeouts for this.
  *
+ * The cap is one count shared by every guard set (one set per server, one
+ * server per worker thread): cm_conn_cap. Each set adds its connections to
+ * the shared atomic count; the set whose connection reaches the cap pauses
+ * its listener and wakes the other sets (event_active on their loops) to
+ * pause theirs; the set whose close leaves the cap does the same to resume.
+ * Two workers accepting in the same instant, the second before it heard
+ * that the first reached the cap, can take the count over it (by at most
+ * workers - 1): such a connection is held, not read (its bufferevent
+ * rate-limited to one byte per hour, no request is served on it), until
+ * the count is within the cap again; so the connections served never
+ * exceed the cap and no client is refused.
+ *
  * Ownership: the guard set is owned by its cm_http_server; guards are
- * internal. Loop thread only.
+ * internal; the cap is owned by its creator and outlives the guard sets.
+ * A guard set is used on its loop thread only; the cap from any thread.
  */
 #ifndef CM_CONN_GUARD_H
 #define CM_CONN_GUARD_H
@@ -36,10 +49,18 @@ struct evbuffer_cb_info;
 struct evconnlistener;
 struct cm_conn_guards;
 struct cm_http_refusal;
+struct cm_conn_cap;
 
-/* max_body_bytes: bodies over this are refused by evhttp itself (0 = no
+/* max_connections: 0 = no cap. */
+struct cm_conn_cap *cm_conn_cap_new(unsigned max_connections);
+void cm_conn_cap_free(struct cm_conn_cap *c);
+/* Connections open now, across every guard set. */
+unsigned cm_conn_cap_open(const struct cm_conn_cap *c);
+
+/* cap: borrowed, may be NULL (no cap). Registers the set with the cap.
+ * max_body_bytes: bodies over this are refused by evhttp itself (0 = no
  * limit). */
-struct cm_conn_guards *cm_conn_guards_new(struct event_base *base, unsigned max_connections,
+struct cm_conn_guards *cm_conn_guards_new(struct event_base *base, struct cm_conn_cap *cap,
                                           double request_read_timeout_s, long long max_body_bytes);
 void cm_conn_guards_free(struct cm_conn_guards *g);
 /* The listener to pause at the cap (set once bound). */

@@ -27,6 +27,7 @@
 #include <string.h>
 #include <strings.h>
 #include <stdint.h>
+#include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
@@ -91,13 +92,14 @@ struct cm_http_server {
     int has_api_key;
     int port;
     int draining;
-    unsigned inflight;
+    _Atomic unsigned inflight; /* atomic: other workers read it for /metrics */
     struct cm_req *live;
     struct cm_req *dispatching; /* request whose route callback is running */
     struct cm_upgraded *upgraded;
     unsigned nupgraded;
-    unsigned flushing; /* replies handed to evhttp and not yet written out */
+    _Atomic unsigned flushing; /* replies handed to evhttp and not yet written out */
     struct cm_conn_guards *guards;
+    struct cm_conn_cap *own_cap; /* when opts.conn_cap is NULL */
     cm_req_done_cb done_cb;
     void *done_arg;
     cm_reject_cb reject_cb;
@@ -182,7 +184,7 @@ static int valid_request_id(const char *s)
  * per-process key mixed with a counter (splitmix64). */
 static void generate_request_id(char *out, size_t outlen)
 {
-    static uint64_t key, counter;
+    static _Thread_local uint64_t key, counter; /* per worker thread */
     if (key == 0 && RAND_bytes((unsigned char *)&key, sizeof key) != 1) {
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
@@ -1171,10 +1173,12 @@ struct cm_http_server *cm_http_server_new(struct event_base *base,
     evhttp_set_default_content_type(srv->http, "application/json");
     evhttp_set_gencb(srv->http, gencb, srv);
     evhttp_set_bevcb(srv->http, make_bev, srv);
-    if (opts->max_connections || opts->request_read_timeout_s > 0) {
+    struct cm_conn_cap *cap = opts->conn_cap;
+    if (!cap && opts->max_connections)
+        cap = srv->own_cap = cm_conn_cap_new(opts->max_connections);
+    if (cap || opts->request_read_timeout_s > 0) {
         srv->guards = cm_conn_guards_new(
-            base, opts->max_connections,
-            opts->request_read_timeout_s > 0 ? opts->request_read_timeout_s : 1e9,
+            base, cap, opts->request_read_timeout_s > 0 ? opts->request_read_timeout_s : 1e9,
             opts->max_body_bytes);
         cm_conn_guards_on_output(srv->guards, rewrite_refused_page_cb, srv);
     }
@@ -1213,9 +1217,67 @@ void cm_http_server_count_reject(struct cm_http_server *srv, const char *reason)
     count_reject(srv, reason);
 }
 
+/* A listening socket on host:port with SO_REUSEPORT (several workers, one
+ * port: the kernel spreads the connections over their sockets). With
+ * exclusive set the port is first bound without SO_REUSEPORT and released,
+ * so that a port already used by anyone (another llm_proxy included) is
+ * refused as without SO_REUSEPORT, instead of silently shared. Returns the
+ * socket or -1 (errno set). */
+static evutil_socket_t listen_reuseport(const char *host, int port, int exclusive)
+{
+    char service[16];
+    snprintf(service, sizeof service, "%d", port);
+    struct evutil_addrinfo hints = {.ai_family = AF_UNSPEC,
+                                    .ai_socktype = SOCK_STREAM,
+                                    .ai_protocol = IPPROTO_TCP,
+                                    .ai_flags = EVUTIL_AI_PASSIVE | EVUTIL_AI_ADDRCONFIG};
+    struct evutil_addrinfo *ai = NULL;
+    if (evutil_getaddrinfo(host, service, &hints, &ai) != 0 || !ai) {
+        errno = EADDRNOTAVAIL;
+        return -1;
+    }
+    int one = 1, e = 0;
+    evutil_socket_t fd = -1;
+    if (exclusive && port != 0) {
+        fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd >= 0) {
+            setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+            if (bind(fd, ai->ai_addr, (socklen_t)ai->ai_addrlen) != 0)
+                e = errno;
+            close(fd);
+        }
+        if (e) {
+            evutil_freeaddrinfo(ai);
+            errno = e;
+            return -1;
+        }
+    }
+    fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
+        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0 ||
+        bind(fd, ai->ai_addr, (socklen_t)ai->ai_addrlen) != 0 || listen(fd, 511) != 0) {
+        e = errno;
+        if (fd >= 0)
+            close(fd);
+        fd = -1;
+        errno = e;
+    }
+    evutil_freeaddrinfo(ai);
+    return fd;
+}
+
 int cm_http_server_start(struct cm_http_server *srv, char *err, size_t errlen)
 {
-    srv->bound = evhttp_bind_socket_with_handle(srv->http, srv->host, (ev_uint16_t)srv->opts.port);
+    if (srv->opts.listen == CM_LISTEN_EXCLUSIVE) {
+        srv->bound =
+            evhttp_bind_socket_with_handle(srv->http, srv->host, (ev_uint16_t)srv->opts.port);
+    } else {
+        evutil_socket_t lfd = listen_reuseport(srv->host, srv->opts.port,
+                                               srv->opts.listen == CM_LISTEN_REUSEPORT_FIRST);
+        srv->bound = lfd >= 0 ? evhttp_accept_socket_with_handle(srv->http, lfd) : NULL;
+        if (lfd >= 0 && !srv->bound)
+            close(lfd);
+    }
     if (!srv->bound) {
         snprintf(err, errlen, "cannot listen on %s:%d: %s", srv->host, srv->opts.port,
                  strerror(errno));
@@ -1239,6 +1301,11 @@ int cm_http_server_start(struct cm_http_server *srv, char *err, size_t errlen)
             srv->port = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
     }
     return 0;
+}
+
+void cm_http_server_set_port(struct cm_http_server *srv, int port)
+{
+    srv->opts.port = port;
 }
 
 int cm_http_server_port(const struct cm_http_server *srv)
@@ -1308,6 +1375,7 @@ void cm_http_server_free(struct cm_http_server *srv)
     }
     evhttp_free(srv->http);
     cm_conn_guards_free(srv->guards); /* after evhttp let go of every connection */
+    cm_conn_cap_free(srv->own_cap);
     struct route *rt = srv->routes;
     while (rt) {
         struct route *n = rt->next;

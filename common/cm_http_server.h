@@ -20,7 +20,8 @@
  * Ownership: the server owns every struct cm_req. Strings returned by
  * cm_req_* getters are borrowed and valid until the request is freed.
  * Functions ending in _json steal the json_t reference they are given.
- * All functions must be called on the loop thread.
+ * All functions must be called on the loop thread (one server per loop;
+ * cm_http_server_inflight() may be read from any thread).
  */
 #ifndef CM_HTTP_SERVER_H
 #define CM_HTTP_SERVER_H
@@ -69,6 +70,20 @@ typedef void (*cm_req_done_cb)(const struct cm_req *r, void *arg);
 typedef void (*cm_reject_cb)(const char *reason, void *arg);
 
 struct cm_origin_policy;
+struct cm_conn_cap;
+
+/*
+ * Several servers (one per worker thread, each on its own event loop) can
+ * serve one port: the first binds it with CM_LISTEN_REUSEPORT_FIRST (the
+ * port must be free, as with an exclusive bind; port 0 picks one), the
+ * others join with CM_LISTEN_REUSEPORT_JOIN on cm_http_server_port() of the
+ * first. The kernel (SO_REUSEPORT) spreads new connections over them.
+ */
+enum cm_listen_mode {
+    CM_LISTEN_EXCLUSIVE = 0, /* one server on the port */
+    CM_LISTEN_REUSEPORT_FIRST,
+    CM_LISTEN_REUSEPORT_JOIN,
+};
 
 /*
  * Browser origins (opts.origins, see cm_origin.h): a request whose Origin
@@ -95,6 +110,10 @@ struct cm_http_server_opts {
     unsigned max_connections;               /* 0 = no cap (see cm_conn_guard.h) */
     double request_read_timeout_s;          /* whole request must arrive within; 0 = none */
     const struct cm_origin_policy *origins; /* borrowed, outlives the server; NULL = allow all */
+    struct cm_conn_cap *conn_cap;           /* borrowed: one connection cap shared by several
+                                               servers (cm_conn_guard.h); NULL = the server's
+                                               own cap of max_connections */
+    enum cm_listen_mode listen;             /* how the port is bound (above) */
 };
 
 struct cm_http_server *cm_http_server_new(struct event_base *base,
@@ -117,6 +136,9 @@ void cm_http_server_count_reject(struct cm_http_server *srv, const char *reason)
 /* Binds and listens. Returns 0, or -1 with a reason in err. */
 int cm_http_server_start(struct cm_http_server *srv, char *err, size_t errlen);
 int cm_http_server_port(const struct cm_http_server *srv);
+/* Changes opts.port before cm_http_server_start() (a worker joining the
+ * port another one was given). */
+void cm_http_server_set_port(struct cm_http_server *srv, int port);
 /* Writes the bound port to path (atomically: temp file + rename), for
  * callers that asked for port 0. Returns 0 or -1. */
 int cm_http_server_write_port_file(const struct cm_http_server *srv, const char *path);

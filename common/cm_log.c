@@ -12,6 +12,8 @@
 enum cm_log_level cm_log_min_level = CM_LOG_INFO;
 static enum cm_log_format log_format = CM_LOG_TEXT;
 static const char *log_service = "app";
+/* The worker thread writing (cm_log_set_worker); -1 = none. */
+static _Thread_local int log_worker = -1;
 
 static const char *const level_names[] = {"debug", "info", "warn", "error"};
 
@@ -27,6 +29,11 @@ void cm_log_init_names(const char *service, const char *level, const char *forma
     if (format)
         cm_log_parse_format(format, &f);
     cm_log_init(service, l, f);
+}
+
+void cm_log_set_worker(int worker)
+{
+    log_worker = worker;
 }
 
 void cm_log_init(const char *service, enum cm_log_level level, enum cm_log_format format)
@@ -119,6 +126,8 @@ void cm_log_fields(enum cm_log_level level, const char *req_id, const char *even
         json_object_set_new(obj, "ts", json_string(ts));
         json_object_set_new(obj, "level", json_string(level_names[level]));
         json_object_set_new(obj, "service", json_string(log_service));
+        if (log_worker >= 0)
+            json_object_set_new(obj, "worker", json_integer(log_worker));
         json_object_set_new(obj, "event", json_string(event));
         if (req_id && *req_id)
             json_object_set_new(obj, "req_id", json_string(req_id));
@@ -131,8 +140,10 @@ void cm_log_fields(enum cm_log_level level, const char *req_id, const char *even
         }
         json_decref(obj);
     } else {
-        fprintf(mem, "ts=%s level=%s service=%s event=%s", ts, level_names[level], log_service,
-                event);
+        fprintf(mem, "ts=%s level=%s service=%s", ts, level_names[level], log_service);
+        if (log_worker >= 0)
+            fprintf(mem, " worker=%d", log_worker);
+        fprintf(mem, " event=%s", event);
         if (req_id && *req_id)
             fprintf(mem, " req_id=%s", req_id);
         if (fields) {
@@ -147,6 +158,9 @@ void cm_log_fields(enum cm_log_level level, const char *req_id, const char *even
     }
     fputc('\n', mem);
     fclose(mem);
+    /* One write per line: lines of different threads never interleave (one
+     * write(2) of a line is atomic up to PIPE_BUF on pipes, and stderr's
+     * lock orders the writes). */
     fwrite(line, 1, line_len, stderr);
     free(line);
     json_decref(fields);

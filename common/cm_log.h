@@ -10,7 +10,9 @@
  * counts and identifiers only.
  *
  * Not thread-safe for configuration (cm_log_init before threads start);
- * writing is safe from any thread (one fwrite per line).
+ * writing is safe from any thread (one fwrite per line: lines never
+ * interleave). A worker thread names itself once (cm_log_set_worker) and
+ * its lines carry "worker=N".
  */
 #ifndef CM_LOG_H
 #define CM_LOG_H
@@ -33,6 +35,9 @@ void cm_log_init_names(const char *service, const char *level, const char *forma
 
 /* service: borrowed, must outlive the process (a string literal). */
 void cm_log_init(const char *service, enum cm_log_level level, enum cm_log_format format);
+
+/* Tags the calling thread's lines with worker=N (N >= 0; -1 = no tag). */
+void cm_log_set_worker(int worker);
 
 /* Returns 0 and sets *out, or -1 for an unknown name. */
 int cm_log_parse_level(const char *name, enum cm_log_level *out);

@@ -3,11 +3,23 @@
 
 #include <jansson.h>
 #include <malloc.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 
-static size_t limit_bytes;
-static size_t reserved_bytes;
-static size_t json_bytes;
+/* Shared by llm_proxy's worker threads: atomic (each += and -= is one
+ * atomic read-modify-write). */
+static _Atomic size_t limit_bytes;
+static _Atomic size_t reserved_bytes;
+static _Atomic size_t json_bytes;
+
+/* *x -= n, stopping at 0, as one atomic step. */
+static void sub_floor(_Atomic size_t *x, size_t n)
+{
+    size_t old = *x;
+    while (!atomic_compare_exchange_weak(x, &old, n > old ? 0 : old - n))
+        ;
+}
+
 static void *budget_malloc(size_t n)
 {
     void *p = malloc(n);
@@ -21,7 +33,7 @@ static void budget_free(void *p)
     if (!p)
         return;
     size_t n = malloc_usable_size(p);
-    json_bytes = n > json_bytes ? 0 : json_bytes - n;
+    sub_floor(&json_bytes, n);
     free(p);
 }
 
@@ -57,9 +69,12 @@ int cm_mem_budget_fits(size_t n)
 
 int cm_mem_budget_reserve(size_t n)
 {
-    if (limit_bytes && reserved_bytes + json_bytes + n > limit_bytes)
-        return -1;
-    reserved_bytes += n;
+    /* Check and add as one step: two workers never both take the last room. */
+    size_t old = reserved_bytes;
+    do {
+        if (limit_bytes && old + json_bytes + n > limit_bytes)
+            return -1;
+    } while (!atomic_compare_exchange_weak(&reserved_bytes, &old, old + n));
     return 0;
 }
 
@@ -75,7 +90,7 @@ int cm_mem_budget_over(void)
 
 void cm_mem_budget_release(size_t n)
 {
-    reserved_bytes = n > reserved_bytes ? 0 : reserved_bytes - n;
+    sub_floor(&reserved_bytes, n);
 }
 
 size_t cm_mem_budget_json_estimate(const char *text, size_t len)

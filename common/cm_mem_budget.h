@@ -11,7 +11,8 @@
  * account of the budget (replies in progress must finish). Admission is
  * decided before a parse, from cm_mem_budget_json_estimate().
  *
- * Process-wide state, loop thread only. No ownership beyond the counters.
+ * Process-wide state shared by every worker thread: the counters are atomic.
+ * No ownership beyond the counters.
  */
 #ifndef CM_MEM_BUDGET_H
 #define CM_MEM_BUDGET_H

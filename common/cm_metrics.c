@@ -5,6 +5,7 @@
 
 #include <event2/buffer.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,6 +23,7 @@ struct series {
 
 struct cm_metric {
     struct cm_metric *next;
+    struct cm_metrics *reg;
     enum metric_kind kind;
     char *name;
     char *help;
@@ -32,13 +34,18 @@ struct cm_metric {
     struct series *series;
 };
 
+/* One mutex guards every series of the registry: updates are a few per
+ * request and short (a list walk and an add), rendering is rare. */
 struct cm_metrics {
     struct cm_metric *head, *tail;
+    pthread_mutex_t mu;
 };
 
 struct cm_metrics *cm_metrics_new(void)
 {
-    return cm_xcalloc(1, sizeof(struct cm_metrics));
+    struct cm_metrics *m = cm_xcalloc(1, sizeof(struct cm_metrics));
+    pthread_mutex_init(&m->mu, NULL);
+    return m;
 }
 
 static void series_free(struct series *s, size_t nlabels)
@@ -72,6 +79,7 @@ void cm_metrics_free(struct cm_metrics *m)
         free(mt);
         mt = next;
     }
+    pthread_mutex_destroy(&m->mu);
     free(m);
 }
 
@@ -80,6 +88,7 @@ static struct cm_metric *metric_new(struct cm_metrics *m, enum metric_kind kind,
 {
     struct cm_metric *mt = cm_xcalloc(1, sizeof *mt);
     mt->kind = kind;
+    mt->reg = m;
     mt->name = cm_xstrdup(name);
     mt->help = cm_xstrdup(help);
     if (label_names && *label_names) {
@@ -156,22 +165,30 @@ static struct series *series_get(struct cm_metric *mt, const char *const *values
 
 void cm_metric_add(struct cm_metric *mt, const char *const *values, double v)
 {
+    pthread_mutex_lock(&mt->reg->mu);
     series_get(mt, values, 1)->value += v;
+    pthread_mutex_unlock(&mt->reg->mu);
 }
 
 void cm_metric_set(struct cm_metric *mt, const char *const *values, double v)
 {
+    pthread_mutex_lock(&mt->reg->mu);
     series_get(mt, values, 1)->value = v;
+    pthread_mutex_unlock(&mt->reg->mu);
 }
 
 double cm_metric_value(struct cm_metric *mt, const char *const *values)
 {
+    pthread_mutex_lock(&mt->reg->mu);
     struct series *s = series_get(mt, values, 0);
-    return s ? s->value : 0;
+    double v = s ? s->value : 0;
+    pthread_mutex_unlock(&mt->reg->mu);
+    return v;
 }
 
 void cm_metric_observe(struct cm_metric *mt, const char *const *values, double v)
 {
+    pthread_mutex_lock(&mt->reg->mu);
     struct series *s = series_get(mt, values, 1);
     s->sum += v;
     s->count++;
@@ -181,6 +198,7 @@ void cm_metric_observe(struct cm_metric *mt, const char *const *values, double v
             break;
         }
     }
+    pthread_mutex_unlock(&mt->reg->mu);
 }
 
 static void render_labels(struct evbuffer *out, const struct cm_metric *mt, const struct series *s,
@@ -219,6 +237,7 @@ static void render_number(struct evbuffer *out, double v)
 void cm_metrics_render(struct cm_metrics *m, struct evbuffer *out)
 {
     static const char *const kind_names[] = {"counter", "gauge", "histogram"};
+    pthread_mutex_lock(&m->mu);
     for (struct cm_metric *mt = m->head; mt; mt = mt->next) {
         evbuffer_add_printf(out, "# HELP %s %s\n# TYPE %s %s\n", mt->name, mt->help, mt->name,
                             kind_names[mt->kind]);
@@ -249,4 +268,5 @@ void cm_metrics_render(struct cm_metrics *m, struct evbuffer *out)
             render_number(out, (double)s->count);
         }
     }
+    pthread_mutex_unlock(&m->mu);
 }

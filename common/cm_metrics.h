@@ -4,8 +4,15 @@
  *
  * Series are created on first use and live as long as the registry. Label
  * values must come from bounded sets (route names, status codes, error
- * kinds), never from client input. Not thread-safe: use it from one thread
- * (the event loop) or guard it.
+ * kinds), never from client input.
+ *
+ * Thread-safe: one registry serves every worker thread of a process. A
+ * mutex per registry guards the series (creation, update, render); an
+ * update holds it for a list walk and an add. Metrics are created (the
+ * cm_metrics_counter() & co. calls) before the threads start. A counter or
+ * histogram is the sum of every thread's updates; a gauge holds the last
+ * value set, so a gauge whose value is spread over threads is computed
+ * (summed) by its owner before rendering.
  *
  * Ownership: the registry owns every metric; pointers returned by
  * cm_metrics_counter() & co. are borrowed and valid until cm_metrics_free().

@@ -24,7 +24,7 @@
  * key mixed with a counter (splitmix64), no system call per id. */
 static uint64_t next_random(void)
 {
-    static uint64_t key, counter;
+    static _Thread_local uint64_t key, counter; /* per worker thread */
     if (key == 0 && RAND_bytes((unsigned char *)&key, sizeof key) != 1)
         key = (uint64_t)time(NULL) * 0x9e3779b97f4a7c15ULL;
     uint64_t z = key + 0x9e3779b97f4a7c15ULL * ++counter;

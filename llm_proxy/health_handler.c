@@ -1,5 +1,6 @@
 /* health_handler: /health (liveness), /ready (an Ollama host usable), /metrics. */
 #include "proxy.h"
+#include "proxy_workers.h"
 
 #include "cm_alloc.h"
 #include "cm_json.h"
@@ -35,6 +36,10 @@ void health_handle_live(struct cm_req *r, void *arg)
  *
  * Ready: at least one host answered the probe and is HEALTHY in the pool
  * (upstream_pool.h). The body lists each host's state.
+ *
+ * Workers: each worker keeps its own cached round (struct proxy.ready) on
+ * its own client, so a flood costs at most one probe per host per TTL per
+ * worker; the hosts' states it reports are the shared ones.
  */
 #define READY_WAIT_MAX 1.0 /* seconds a /ready waits for a probe round */
 
@@ -299,12 +304,19 @@ void health_ready_free(struct proxy *px)
     px->ready = NULL;
 }
 
+/* One registry for every worker: counters and histograms add up there;
+ * the gauges are summed here over the workers (each worker's figures are
+ * atomics) or read from the shared state. */
 void health_handle_metrics(struct cm_req *r, void *arg)
 {
     struct proxy *px = arg;
-    cm_metric_set(px->m_inflight, NULL, (double)cm_http_server_inflight(px->srv));
-    cm_metric_set(px->m_queue, NULL, (double)upstream_pool_queued(px->pool));
+    struct proxy_totals t;
+    proxy_workers_totals(px->workers, &t);
+    cm_metric_set(px->m_inflight, NULL, (double)t.inflight);
+    cm_metric_set(px->m_queue, NULL, (double)t.queued);
+    cm_metric_set(px->m_ws_connections, NULL, (double)t.ws_sessions);
     cm_metric_set(px->m_body_memory, NULL, (double)cm_mem_budget_used());
+    upstream_pool_export_metrics(px->pool);
     struct evbuffer *buf = evbuffer_new();
     cm_metrics_render(px->metrics, buf);
     cm_req_reply_buffer(r, 200, CM_METRICS_CONTENT_TYPE, buf);

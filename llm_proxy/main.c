@@ -1,24 +1,30 @@
 /*
  * llm_proxy: OpenAI-compatible HTTP gateway in front of Ollama.
  *
- * main wires configuration, logging, the event loop, the HTTP server and the
- * upstream client together, and runs the shutdown sequence:
- *   SIGTERM/SIGINT -> stop accepting, /ready 503 -> wait for in-flight
- *   requests (at most SHUTDOWN_GRACE) -> close everything -> exit 0.
- * A second signal exits at once.
+ * main wires configuration, logging, the metrics, the shared upstream hosts
+ * and the connection cap together, starts LLM_PROXY_WORKERS event-loop
+ * threads (proxy_workers.h: each its own loop, HTTP server on the shared
+ * port and upstream clients), and runs the shutdown sequence on its own
+ * loop, which only waits for signals and for the workers to end:
+ *   SIGTERM/SIGINT -> every worker stops accepting work, /ready 503 -> each
+ *   waits for its in-flight requests (at most SHUTDOWN_GRACE) -> the loops
+ *   end -> main joins the threads, closes everything -> exit 0.
+ * A second signal stops every loop at once.
  */
-#include "api_handlers.h"
 #include "chat_policy.h"
 #include "proxy.h"
+#include "proxy_workers.h"
 
 #include "cm_mem_budget.h"
 
 #include "cm_alloc.h"
+#include "cm_conn_guard.h"
 #include "cm_http_probe.h"
 #include "cm_log.h"
 
 #include <curl/curl.h>
 #include <event2/event.h>
+#include <event2/thread.h>
 #include <getopt.h>
 #include <signal.h>
 #include <sys/resource.h>
@@ -31,8 +37,10 @@ static const double duration_buckets[] = {0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 
                                           1,     2.5,   5,    10,    30,   60,  120};
 
 struct app {
-    struct proxy px;
-    struct event *sigterm, *sigint, *drain_timer, *grace_timer;
+    struct proxy px;         /* the template each worker copies (cfg, metrics) */
+    struct event_base *base; /* the main thread's loop: signals, workers' end */
+    struct proxy_workers *workers;
+    struct event *sigterm, *sigint, *done;
     int signals;
 };
 
@@ -55,43 +63,12 @@ static void usage(FILE *out)
                  "configuration.\n");
 }
 
-static void record_done(const struct cm_req *r, void *arg)
-{
-    struct proxy *px = arg;
-    char status[16];
-    snprintf(status, sizeof status, "%d", cm_req_status(r));
-    const char *labels[] = {cm_req_route(r), cm_req_method_name(r), status};
-    cm_metric_add(px->m_requests, labels, 1);
-    const char *route[] = {cm_req_route(r)};
-    cm_metric_observe(px->m_duration, route, cm_req_elapsed(r));
-}
-
-static void record_reject(const char *reason, void *arg)
-{
-    struct proxy *px = arg;
-    const char *labels[] = {reason};
-    cm_metric_add(px->m_rejected, labels, 1);
-}
-
-static void drain_check_cb(evutil_socket_t fd, short what, void *arg)
+static void workers_done_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct app *app = arg;
     (void)fd;
     (void)what;
-    if (cm_http_server_inflight(app->px.srv) == 0 && app->px.ws_count == 0) {
-        CM_INFO(NULL, "shutdown", "all requests finished");
-        event_base_loopexit(app->px.base, NULL);
-    }
-}
-
-static void grace_cb(evutil_socket_t fd, short what, void *arg)
-{
-    struct app *app = arg;
-    (void)fd;
-    (void)what;
-    CM_WARN(NULL, "shutdown", "grace period over; closing %u request(s)",
-            cm_http_server_inflight(app->px.srv));
-    event_base_loopexit(app->px.base, NULL);
+    event_base_loopexit(app->base, NULL);
 }
 
 static void signal_cb(evutil_socket_t sig, short what, void *arg)
@@ -100,21 +77,14 @@ static void signal_cb(evutil_socket_t sig, short what, void *arg)
     (void)what;
     if (++app->signals > 1) {
         CM_WARN(NULL, "shutdown", "second signal; exiting now");
-        event_base_loopbreak(app->px.base);
+        proxy_workers_stop_now(app->workers);
         return;
     }
-    CM_INFO(NULL, "shutdown", "signal %d: draining %u request(s), grace %.1fs", (int)sig,
-            cm_http_server_inflight(app->px.srv), app->px.cfg.shutdown_grace);
-    cm_http_server_drain(app->px.srv);
-    health_ready_drain(&app->px);
-    ws_drain_all(&app->px);
-    struct timeval poll = {0, 20000};
-    app->drain_timer = event_new(app->px.base, -1, EV_PERSIST, drain_check_cb, app);
-    event_add(app->drain_timer, &poll);
-    double g = app->px.cfg.shutdown_grace;
-    struct timeval gt = {(time_t)g, (suseconds_t)((g - (double)(time_t)g) * 1e6)};
-    app->grace_timer = evtimer_new(app->px.base, grace_cb, app);
-    evtimer_add(app->grace_timer, &gt);
+    struct proxy_totals t;
+    proxy_workers_totals(app->workers, &t);
+    CM_INFO(NULL, "signal", "signal %d: draining %u request(s) on %u worker(s)", (int)sig,
+            t.inflight, proxy_workers_count(app->workers));
+    proxy_workers_drain(app->workers);
 }
 
 static void setup_metrics(struct proxy *px)
@@ -163,9 +133,12 @@ static void setup_metrics(struct proxy *px)
         "Requests retried on another Ollama host after a failure before any byte reached the "
         "client.",
         NULL);
+    px->m_worker_requests = cm_metrics_counter(
+        px->metrics, "llm_proxy_worker_requests_total",
+        "HTTP requests finished by each worker thread (LLM_PROXY_WORKERS).", "worker");
 }
 
-static void setup_pool(struct proxy *px)
+static struct upstream_hosts *setup_hosts(struct proxy *px)
 {
     const struct proxy_config *c = &px->cfg;
     struct upstream_pool_opts o = {.refresh_interval_s = c->upstream_refresh_interval,
@@ -180,31 +153,7 @@ static void setup_pool(struct proxy *px)
                                    .m_in_flight = px->m_up_in_flight,
                                    .m_healthy = px->m_up_healthy,
                                    .m_failovers = px->m_up_failovers};
-    px->pool = upstream_pool_new(px->base, c->upstream_urls, c->n_upstreams, &o);
-}
-
-static void setup_routes(struct proxy *px)
-{
-    struct cm_http_server *s = px->srv;
-    cm_http_server_route(s, CM_POST, "/v1/chat/completions", CM_ROUTE_AUTH, "chat_completions",
-                         chat_handle, px);
-    cm_http_server_route(s, CM_POST, "/v1/responses", CM_ROUTE_AUTH, "responses", responses_handle,
-                         px);
-    cm_http_server_route(s, CM_POST, "/v1/messages",
-                         CM_ROUTE_AUTH | CM_ROUTE_AUTH_XKEY | CM_ROUTE_ANTHROPIC, "messages",
-                         messages_handle, px);
-    cm_http_server_route(s, CM_POST, "/v1/embeddings", CM_ROUTE_AUTH, "embeddings", embed_handle,
-                         px);
-    cm_http_server_route(s, CM_GET, "/v1/models", CM_ROUTE_AUTH, "models", models_handle_list, px);
-    cm_http_server_route(s, CM_GET, "/v1/models/", CM_ROUTE_AUTH | CM_ROUTE_PREFIX, "model",
-                         models_handle_get, px);
-    cm_http_server_route(s, CM_GET, "/ws/chat",
-                         CM_ROUTE_AUTH | CM_ROUTE_AUTH_QUERY | CM_ROUTE_STRICT_ORIGIN, "ws_chat",
-                         ws_handle_upgrade, px);
-    cm_http_server_route(s, CM_GET, "/health", CM_ROUTE_DRAIN_OK, "health", health_handle_live, px);
-    cm_http_server_route(s, CM_GET, "/ready", CM_ROUTE_DRAIN_OK, "ready", health_handle_ready, px);
-    cm_http_server_route(s, CM_GET, "/metrics", CM_ROUTE_DRAIN_OK, "metrics", health_handle_metrics,
-                         px);
+    return upstream_hosts_new(c->upstream_urls, c->n_upstreams, &o);
 }
 
 int main(int argc, char **argv)
@@ -263,65 +212,62 @@ int main(int argc, char **argv)
         setrlimit(RLIMIT_NOFILE, &rl);
     }
 
-    /* The changelist merges the many add/del of one loop pass into one
-     * epoll_ctl per fd (we never dup() fds handed to the loop). */
-    struct event_config *ecfg = event_config_new();
-    event_config_set_flag(ecfg, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST);
-    px->base = event_base_new_with_config(ecfg);
-    event_config_free(ecfg);
+    /* Before any loop or thread exists: libevent's locks, jansson's hash
+     * seed (computed once, not raced by the first objects of two threads). */
+    evthread_use_pthreads();
+    json_object_seed(0);
+    unsigned nworkers =
+        px->cfg.workers > 0 ? (unsigned)px->cfg.workers : proxy_workers_default_count();
     setup_metrics(px);
-    setup_pool(px);
-    struct cm_http_server_opts so = {.host = px->cfg.host,
-                                     .port = (int)px->cfg.port,
-                                     .max_body_bytes = px->cfg.max_body_bytes,
-                                     .max_header_bytes = px->cfg.max_header_bytes,
-                                     .idle_timeout_s = px->cfg.idle_timeout,
-                                     .api_key = px->cfg.api_key,
-                                     .max_connections = (unsigned)px->cfg.max_connections,
-                                     .request_read_timeout_s = px->cfg.request_read_timeout,
-                                     .origins = px->cfg.origins};
-    px->srv = cm_http_server_new(px->base, &so);
-    cm_http_server_on_done(px->srv, record_done, px);
-    cm_http_server_on_reject(px->srv, record_reject, px);
-    setup_routes(px);
+    struct upstream_hosts *hosts = setup_hosts(px);
+    struct cm_conn_cap *cap = cm_conn_cap_new((unsigned)px->cfg.max_connections);
+    app.workers = proxy_workers_new(px, nworkers, hosts, cap);
+    app.base = event_base_new();
     int rc = 0;
-    if (cm_http_server_start(px->srv, err, sizeof err) != 0) {
+    if (proxy_workers_listen(app.workers, err, sizeof err) != 0) {
         CM_ERROR(NULL, "startup_failed", "%s", err);
         rc = 1;
         goto out;
     }
-    proxy_config_log(&px->cfg);
-    CM_INFO(NULL, "listening", "host=%s port=%d upstream=%s hosts=%zu version=%s", px->cfg.host,
-            cm_http_server_port(px->srv), upstream_host_label(upstream_pool_host(px->pool, 0)),
-            upstream_pool_size(px->pool), PROJECT_VERSION);
-    if (px->cfg.port_file && cm_http_server_write_port_file(px->srv, px->cfg.port_file)) {
+    /* Signals are handled and the port file is written before the
+     * "listening" line: whoever waits for that line may use both at once. */
+    app.sigterm = evsignal_new(app.base, SIGTERM, signal_cb, &app);
+    app.sigint = evsignal_new(app.base, SIGINT, signal_cb, &app);
+    event_add(app.sigterm, NULL);
+    event_add(app.sigint, NULL);
+    struct proxy *first = proxy_workers_first(app.workers);
+    if (px->cfg.port_file && cm_http_server_write_port_file(first->srv, px->cfg.port_file)) {
         CM_ERROR(NULL, "startup_failed", "cannot write LLM_PROXY_PORT_FILE %s", px->cfg.port_file);
         rc = 1;
         goto out;
     }
-    upstream_pool_start(px->pool);
-    app.sigterm = evsignal_new(px->base, SIGTERM, signal_cb, &app);
-    app.sigint = evsignal_new(px->base, SIGINT, signal_cb, &app);
-    event_add(app.sigterm, NULL);
-    event_add(app.sigint, NULL);
-
-    event_base_dispatch(px->base);
+    cm_metric_set(cm_metrics_gauge(px->metrics, "llm_proxy_workers",
+                                   "Event-loop threads serving requests (LLM_PROXY_WORKERS).",
+                                   NULL),
+                  NULL, nworkers);
+    proxy_config_log(&px->cfg);
+    CM_INFO(NULL, "listening", "host=%s port=%d upstream=%s hosts=%zu workers=%u version=%s",
+            px->cfg.host, proxy_workers_port(app.workers),
+            upstream_host_label(upstream_pool_host(first->pool, 0)),
+            upstream_pool_size(first->pool), nworkers, PROJECT_VERSION);
+    app.done = event_new(app.base, -1, 0, workers_done_cb, &app);
+    if (proxy_workers_start(app.workers, app.done) != 0)
+        rc = 1;
+    event_base_dispatch(app.base);
     CM_INFO(NULL, "stopped", "exiting");
 
 out:
-    cm_http_server_free(px->srv);
+    proxy_workers_free(app.workers); /* joins the threads first */
     if (app.sigterm)
         event_free(app.sigterm);
     if (app.sigint)
         event_free(app.sigint);
-    if (app.drain_timer)
-        event_free(app.drain_timer);
-    if (app.grace_timer)
-        event_free(app.grace_timer);
-    health_ready_free(px);
-    upstream_pool_free(px->pool);
+    if (app.done)
+        event_free(app.done);
+    event_base_free(app.base);
+    upstream_hosts_free(hosts);
+    cm_conn_cap_free(cap);
     cm_metrics_free(px->metrics);
-    event_base_free(px->base);
     proxy_config_free(&px->cfg);
     chat_policy_reset();
     curl_global_cleanup();

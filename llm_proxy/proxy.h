@@ -1,6 +1,12 @@
 /*
- * proxy: the state llm_proxy's handlers share (one per process, owned by
- * main.c), and the handlers' entry points.
+ * proxy: the state llm_proxy's handlers use, and the handlers' entry points.
+ *
+ * One struct proxy per worker thread (proxy_workers.h), owned by that
+ * worker and used on its loop only: base, srv, pool, ready, ws_sessions.
+ * Shared by every worker and read-only after start: cfg (a shallow copy of
+ * main's configuration; main owns its strings), the metrics registry and
+ * the metric pointers (cm_metrics is thread-safe), workers. ws_count is
+ * atomic: /metrics on any worker sums it.
  */
 #ifndef PROXY_H
 #define PROXY_H
@@ -11,6 +17,8 @@
 #include "proxy_config.h"
 #include "proxy_error.h"
 #include "upstream_pool.h"
+
+struct proxy_workers;
 
 struct proxy {
     struct proxy_config cfg;
@@ -29,12 +37,16 @@ struct proxy {
     struct cm_metric *m_rejected;        /* reason */
     struct cm_metric *m_body_memory;     /* gauge: cm_mem_budget_used() */
     struct ready_probe *ready;           /* /ready's cached probe (health_handler.c) */
-    struct ws_session *ws_sessions;      /* live WebSocket sessions (ws_chat.c) */
-    unsigned ws_count;
-    struct cm_metric *m_up_requests;  /* host, route, status */
-    struct cm_metric *m_up_in_flight; /* host */
-    struct cm_metric *m_up_healthy;   /* host */
+    struct ws_session *ws_sessions;      /* this worker's live WebSocket sessions (ws_chat.c) */
+    _Atomic unsigned ws_count;           /* its length */
+    struct cm_metric *m_up_requests;     /* host, route, status */
+    struct cm_metric *m_up_in_flight;    /* host */
+    struct cm_metric *m_up_healthy;      /* host */
     struct cm_metric *m_up_failovers;
+    struct cm_metric *m_worker_requests; /* worker */
+    struct proxy_workers *workers;       /* every worker (proxy_workers.h) */
+    unsigned worker;                     /* this worker's number, from 0 */
+    char worker_label[12];               /* the same as text, for metrics */
 };
 
 /* Route handlers (arg = struct proxy *). */

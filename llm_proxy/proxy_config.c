@@ -31,6 +31,16 @@
              0,                                                                                    \
              &(cfg)->port_file,                                                                    \
              "Write the bound port to this file once listening"},                                  \
+            {"LLM_PROXY_WORKERS",                                                                  \
+             CM_CFG_INT,                                                                           \
+             "0",                                                                                  \
+             0,                                                                                    \
+             PROXY_MAX_WORKERS,                                                                    \
+             NULL,                                                                                 \
+             0,                                                                                    \
+             &(cfg)->workers,                                                                      \
+             "Event-loop threads, each serving the port (SO_REUSEPORT) with its own upstream "     \
+             "clients (0 = one per CPU available to the process)"},                                \
             {"OLLAMA_URL_INTERNAL",                                                                \
              CM_CFG_URL,                                                                           \
              "http://ollama:11434",                                                                \
@@ -141,7 +151,7 @@
              NULL,                                                                                 \
              0,                                                                                    \
              &(cfg)->max_connections,                                                              \
-             "Open client connections at most (0 = no cap)"},                                      \
+             "Open client connections at most, all workers together (0 = no cap)"},                \
             {"LLM_PROXY_REQUEST_READ_TIMEOUT",                                                     \
              CM_CFG_SECONDS,                                                                       \
              "30",                                                                                 \
@@ -159,7 +169,8 @@
              NULL,                                                                                 \
              0,                                                                                    \
              &(cfg)->max_upstream,                                                                 \
-             "Upstream requests running at once, per Ollama host; more wait in a queue"},          \
+             "Upstream requests running at once, per Ollama host and worker; more wait in a "      \
+             "queue"},                                                                             \
             {"LLM_PROXY_QUEUE_SIZE",                                                               \
              CM_CFG_INT,                                                                           \
              "256",                                                                                \
@@ -168,7 +179,7 @@
              NULL,                                                                                 \
              0,                                                                                    \
              &(cfg)->queue_size,                                                                   \
-             "Requests that may wait for an upstream slot (per host); beyond it 429, "             \
+             "Requests that may wait for an upstream slot (per host and worker); beyond it 429, "  \
              "Retry-After"},                                                                       \
             {"LLM_PROXY_QUEUE_TIMEOUT",                                                            \
              CM_CFG_SECONDS,                                                                       \

@@ -19,6 +19,7 @@ struct proxy_config {
     char *host;
     long long port;
     char *port_file;
+    long long workers; /* LLM_PROXY_WORKERS; 0 = one per CPU available */
     char *ollama_url;
     double chat_timeout;
     double embeddings_timeout;
@@ -56,6 +57,7 @@ struct proxy_config {
 };
 
 #define PROXY_MAX_UPSTREAM_HOSTS 64
+#define PROXY_MAX_WORKERS 256
 
 /* Returns 0, or -1 with a reason naming the variable. getenv_fn NULL = getenv. */
 int proxy_config_load(struct proxy_config *cfg, cm_cfg_getenv_cb getenv_fn, void *ctx, char *err,

@@ -24,9 +24,23 @@
  * flight, ties taken in turn. With no HEALTHY host the least busy host is
  * tried anyway (one host behaves as a plain proxy).
  *
- * Ownership: the pool owns its hosts, their HTTP clients (one per host,
- * LLM_PROXY_MAX_UPSTREAM slots each) and their model lists. Host pointers
- * stay valid until upstream_pool_free(). Metrics are borrowed.
+ * Workers (LLM_PROXY_WORKERS): the hosts' state is shared by every worker
+ * thread (struct upstream_hosts, one per process): health (the state
+ * machine above, the failure count), requests in flight on each host, and
+ * the model lists. Each worker has its own upstream_pool over them: its own
+ * HTTP client (curl multi) per host with LLM_PROXY_MAX_UPSTREAM slots and
+ * LLM_PROXY_QUEUE_SIZE queue places, so those two limits are per worker. A
+ * failure seen on any worker counts towards marking a host down, and a
+ * host down is down for every worker. One pool, the control pool (worker
+ * 0), runs the model refresh and the probes; the others only report
+ * outcomes (a DOWN arms the control pool's probe timer from any thread).
+ * Shared state: a mutex per host for state changes and the model lists,
+ * atomics for the state, the failure count and the in-flight count.
+ *
+ * Ownership: upstream_hosts owns the shared hosts and their model lists and
+ * outlives every pool; a pool owns its hosts' HTTP clients. Host pointers
+ * stay valid until upstream_pool_free(). Metrics are borrowed. A pool is
+ * used on its loop thread only.
  */
 #ifndef UPSTREAM_POOL_H
 #define UPSTREAM_POOL_H
@@ -53,8 +67,8 @@ struct upstream_pool_opts {
     double backoff_min_s;
     double backoff_max_s;
     double connect_timeout_s;
-    unsigned max_upstream; /* per host */
-    unsigned queue_size;   /* per host */
+    unsigned max_upstream; /* per host and worker */
+    unsigned queue_size;   /* per host and worker */
     double queue_timeout_s;
     struct cm_metric *m_requests;  /* host, route, status */
     struct cm_metric *m_in_flight; /* host */
@@ -62,16 +76,29 @@ struct upstream_pool_opts {
     struct cm_metric *m_failovers; /* no labels */
 };
 
-struct upstream_pool *upstream_pool_new(struct event_base *base, char *const *urls, size_t n,
-                                        const struct upstream_pool_opts *o);
+struct upstream_hosts;
+
+/* The shared hosts of OLLAMA_URL_INTERNAL (o is copied). */
+struct upstream_hosts *upstream_hosts_new(char *const *urls, size_t n,
+                                          const struct upstream_pool_opts *o);
+/* After every pool is freed. */
+void upstream_hosts_free(struct upstream_hosts *hs);
+
+/* One worker's pool over the shared hosts; control: this pool runs the
+ * refresh and the probes (exactly one pool of a process). */
+struct upstream_pool *upstream_pool_new(struct event_base *base, struct upstream_hosts *shared,
+                                        int control);
 /* Cancels every transfer of every host (no callbacks) and frees. */
 void upstream_pool_free(struct upstream_pool *p);
-/* Starts the first model refresh (and the periodic one). */
+/* Starts the first model refresh (and the periodic one): control pool. */
 void upstream_pool_start(struct upstream_pool *p);
+/* Sets the per-host gauges (healthy, in flight) from the shared state. */
+void upstream_pool_export_metrics(struct upstream_pool *p);
 
 size_t upstream_pool_size(const struct upstream_pool *p);
 struct upstream_host *upstream_pool_host(struct upstream_pool *p, size_t i);
 unsigned upstream_pool_healthy(const struct upstream_pool *p);
+/* Requests of this pool waiting for a slot (any thread may read it). */
 unsigned upstream_pool_queued(const struct upstream_pool *p);
 
 /*

@@ -258,8 +258,7 @@ static void on_closed(void *arg)
         px->ws_sessions = s->next;
     if (s->next)
         s->next->prev = s->prev;
-    px->ws_count--;
-    cm_metric_set(px->m_ws_connections, NULL, px->ws_count);
+    px->ws_count--; /* the gauge sums every worker's count at /metrics */
     CM_INFO(ws_conn_id(s->conn), "ws_closed", "streams_cancelled=%u", cancelled);
     free(s);
 }
@@ -293,9 +292,8 @@ static void session_link(struct ws_session *s)
     if (px->ws_sessions)
         px->ws_sessions->prev = s;
     px->ws_sessions = s;
-    px->ws_count++;
-    cm_metric_set(px->m_ws_connections, NULL, px->ws_count);
-    CM_INFO(ws_conn_id(s->conn), "ws_open", "sessions=%u", px->ws_count);
+    unsigned n = ++px->ws_count; /* this worker's; the gauge sums them at /metrics */
+    CM_INFO(ws_conn_id(s->conn), "ws_open", "sessions=%u", n);
 }
 
 void ws_handle_upgrade(struct cm_req *r, void *arg)

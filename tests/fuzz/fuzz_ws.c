@@ -59,7 +59,8 @@ static void setup(void)
         .m_in_flight = cm_metrics_gauge(px.metrics, "up_in_flight", "", "host"),
         .m_healthy = cm_metrics_gauge(px.metrics, "up_healthy", "", "host"),
         .m_failovers = cm_metrics_counter(px.metrics, "up_failovers", "", NULL)};
-    px.pool = upstream_pool_new(px.base, px.cfg.upstream_urls, px.cfg.n_upstreams, &po);
+    px.pool = upstream_pool_new(
+        px.base, upstream_hosts_new(px.cfg.upstream_urls, px.cfg.n_upstreams, &po), 0);
     px.m_ttft = cm_metrics_histogram(px.metrics, "ttft", "", "route", buckets, 2);
     px.m_upstream_errors = cm_metrics_counter(px.metrics, "upstream_errors", "", "route,kind");
     px.m_tokens = cm_metrics_counter(px.metrics, "tokens", "", "type");

@@ -8,8 +8,11 @@ import { assertOpenAIError, chatBody, dataOf, postJson, sseReader, startDouble, 
 let double, proxy;
 before(async () => {
   double = await startDouble();
-  proxy = await startProxy({ LLM_PROXY_MAX_UPSTREAM: '2', LLM_PROXY_QUEUE_SIZE: '1', LLM_PROXY_QUEUE_TIMEOUT: '0.5' },
-    { upstream: double });
+  // Slots and queue places are per worker (each worker has its own upstream
+  // clients, see README "Workers"): one worker makes the counts exact.
+  proxy = await startProxy({
+    LLM_PROXY_MAX_UPSTREAM: '2', LLM_PROXY_QUEUE_SIZE: '1', LLM_PROXY_QUEUE_TIMEOUT: '0.5', LLM_PROXY_WORKERS: '1',
+  }, { upstream: double });
 });
 after(async () => {
   await proxy.stop();
@@ -116,7 +119,17 @@ test('slowloris: a request trickling in past LLM_PROXY_REQUEST_READ_TIMEOUT is c
 test('LLM_PROXY_MAX_CONNECTIONS: at the cap new connections wait until one closes', async () => {
   const p = await startProxy({ LLM_PROXY_MAX_CONNECTIONS: '3' }, { upstream: double });
   try {
-    const held = [await rawConnect(p.port), await rawConnect(p.port), await rawConnect(p.port)];
+    // Each held connection is known to be accepted (a round trip on it)
+    // before the next: with several workers the accept order is otherwise
+    // the kernel's.
+    const held = [];
+    for (let i = 0; i < 3; i++) {
+      const s = await rawConnect(p.port);
+      s.write('GET /health HTTP/1.1\r\nHost: x\r\n\r\n');
+      while (!s.data.includes('"ok"')) await once(s, 'data');
+      s.data = '';
+      held.push(s);
+    }
     const extra = await rawConnect(p.port); // accepted by the kernel, not by llm_proxy
     extra.write('GET /health HTTP/1.1\r\nHost: x\r\n\r\n');
     // A round trip on a held connection: the server has had its chance to

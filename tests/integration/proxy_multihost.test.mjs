@@ -314,7 +314,8 @@ test('a down host is probed with exponential backoff up to UPSTREAM_BACKOFF_MAX'
 });
 
 test('LLM_PROXY_MAX_UPSTREAM applies per host: two hosts with one slot each hold two streams', async () => {
-  const { doubles: [a, b], p, stop } = await startHosts([[], []], { LLM_PROXY_MAX_UPSTREAM: '1', LLM_PROXY_QUEUE_SIZE: '0' });
+  // Slots are per host and per worker: one worker makes the count exact.
+  const { doubles: [a, b], p, stop } = await startHosts([[], []], { LLM_PROXY_MAX_UPSTREAM: '1', LLM_PROXY_QUEUE_SIZE: '0', LLM_PROXY_WORKERS: '1' });
   try {
     await refreshed(p, [a, b]);
     const held = [];
