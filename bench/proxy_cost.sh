@@ -21,6 +21,7 @@
 #   N1/N2 (env): request counts differenced (default 40/240)
 #   SKIP_WRK=1: only the counted costs;  ONLY=chat|stream|embed
 set -euo pipefail
+shopt -s inherit_errexit
 cd "$(dirname "$0")/.."
 DUR=${1:-6}
 N1=${N1:-40}
@@ -112,7 +113,8 @@ one() {
     dhat) start "$target" "$port" valgrind --tool=dhat --dhat-out-file=/dev/null --log-file="$out" ;;
     strace) start "$target" "$port" strace -qq -f -c -o "$out" ;;
   esac
-  python3 bench/cost_client.py "$port" "${PATHS[$w]}" "${BODIES[$w]}" "$n"
+  python3 bench/cost_client.py "$port" "${PATHS[$w]}" "${BODIES[$w]}" "$n" ||
+    { echo "$target ($tool, $w) failed; its stderr:" >&2; tail -20 "$TMP/run.err" >&2; kill "$RUNPID"; exit 1; }
   # the target itself: under strace it is strace's child
   local kid; kid=$(pgrep -P "$RUNPID" | head -1 || true)
   kill -TERM "${kid:-$RUNPID}"

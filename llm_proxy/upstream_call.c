@@ -4,6 +4,7 @@
 #include "cm_alloc.h"
 #include "cm_json.h"
 #include "cm_log.h"
+#include "cm_mem_budget.h"
 
 #include <event2/buffer.h>
 #include <stdlib.h>
@@ -21,6 +22,7 @@ struct upstream_call {
     char *body; /* kept for a failover (only with several hosts) */
     size_t body_len;
     double timeout_s;
+    int json_scoped;
     upstream_ok_cb on_ok;
     void *ctx;
     void (*ctx_free)(void *);
@@ -108,6 +110,9 @@ static void call_done(struct cm_hc_req *up, enum cm_hc_result result, long statu
         return;
     }
     cm_req_on_abort(c->r, NULL, NULL);
+    int scoped = c->json_scoped;
+    if (scoped)
+        cm_json_scope_begin();
     json_t *reply =
         cm_json_parse((const char *)evbuffer_pullup(body, -1), evbuffer_get_length(body), NULL, 0);
     if (!json_is_object(reply)) {
@@ -119,6 +124,8 @@ static void call_done(struct cm_hc_req *up, enum cm_hc_result result, long statu
     }
     json_decref(reply);
     call_free(c);
+    if (scoped)
+        cm_json_scope_end();
 }
 
 void upstream_call_json(struct proxy *px, struct cm_req *r, const struct upstream_call_opts *o,
@@ -131,6 +138,7 @@ void upstream_call_json(struct proxy *px, struct cm_req *r, const struct upstrea
     c->method = cm_xstrdup(o->method);
     c->path = cm_xstrdup(o->path);
     c->timeout_s = o->timeout_s;
+    c->json_scoped = o->json_scoped;
     c->on_ok = on_ok;
     c->ctx = ctx;
     c->ctx_free = ctx_free;
