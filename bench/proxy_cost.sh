@@ -19,7 +19,8 @@
 #
 # Usage: bench/proxy_cost.sh [wrk-seconds-per-point]   (default 6)
 #   N1/N2 (env): request counts differenced (default 40/240)
-#   SKIP_WRK=1: only the counted costs;  ONLY=chat|stream|embed
+#   SKIP_WRK=1: only the counted costs;  SKIP_COUNTS=1: only wrk
+#   ONLY=chat|stream|embed: one workload
 set -euo pipefail
 shopt -s inherit_errexit
 cd "$(dirname "$0")/.."
@@ -131,6 +132,7 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b+0 == 0) print "-"; else printf "
 
 declare -A C
 WORKLOADS=${ONLY:-chat stream embed}
+[ "${SKIP_COUNTS:-0}" = 1 ] && WORKLOADS=""
 for w in $WORKLOADS; do
   div=$((N2 - N1))
   [ "$w" = stream ] && div=$(((N2 - N1) * (WORDS + 1)))
@@ -146,9 +148,9 @@ for w in $WORKLOADS; do
   done
 done
 
-echo
-echo "per-request cost (stream: per relayed upstream line), one worker each, N=$N2-$N1 requests differenced"
-printf "%-7s %-8s %12s %12s %8s %10s %10s %8s %8s %8s\n" workload metric llm_proxy nginx ratio "" "" "" "" ""
+[ -n "$WORKLOADS" ] && echo
+[ -n "$WORKLOADS" ] && echo "per-request cost (stream: per relayed upstream line), one worker each, N=$N2-$N1 requests differenced"
+[ -n "$WORKLOADS" ] && printf "%-7s %-8s %12s %12s %8s\n" workload metric llm_proxy nginx ratio
 for w in $WORKLOADS; do
   for m in instr sysc alloc blocks; do
     printf "%-7s %-8s %12s %12s %8s\n" "$w" "$m" "${C[llm_proxy,$w,$m]}" "${C[nginx,$w,$m]}" \

@@ -49,10 +49,18 @@ struct cm_hc {
     int nsocks;
 };
 
+#define RID_HDR_MAX 128 /* "X-Request-Id: " + the id (ids are short) */
+
 struct cm_hc_req {
     struct cm_hc *hc;
     CURL *easy;
-    struct curl_slist *headers;
+    /* Request headers: nodes owned by this struct (no allocation), the
+     * strings constant or in rid_hdr; only a Bearer header is malloc'd. */
+    struct curl_slist hnodes[4];
+    char rid_hdr[RID_HDR_MAX];
+    char *rid_heap; /* an X-Request-Id header too long for rid_hdr */
+    char *bearer_hdr;
+    char *body_given; /* the request body, handed over (opts.body_given) */
     struct cm_hc_callbacks cbs;
     void *arg;
     struct evbuffer *body;
@@ -360,7 +368,9 @@ static void req_unlink_free(struct cm_hc_req *req)
         event_free(req->first_byte_timer);
     if (req->idle_timer)
         event_free(req->idle_timer);
-    curl_slist_free_all(req->headers);
+    free(req->rid_heap);
+    free(req->bearer_hdr);
+    free(req->body_given);
     evbuffer_free(req->body);
     free(req->retry_after);
     free(req);
@@ -631,12 +641,25 @@ int cm_hc_header_value_ok(const char *v)
     return v && strpbrk(v, "\r\n") == NULL;
 }
 
-/* The whole header, never truncated (values were checked by cm_hc_start). */
-static void add_header(struct cm_hc_req *req, const char *name, const char *value)
+/* Links the next header node (the list is built front to back). */
+static void add_header(struct cm_hc_req *req, unsigned *n, char *line)
 {
-    char *h = cm_xasprintf("%s%s", name, value);
-    req->headers = curl_slist_append(req->headers, h);
-    free(h);
+    req->hnodes[*n].data = line;
+    req->hnodes[*n].next = NULL;
+    if (*n)
+        req->hnodes[*n - 1].next = &req->hnodes[*n];
+    (*n)++;
+}
+
+/* "name" + "value" whole, never truncated (values were checked by
+ * cm_hc_start): in buf when it fits, else malloc'd into *heap. */
+static char *header_line(char *buf, size_t cap, char **heap, const char *name, const char *value)
+{
+    size_t nl = strlen(name), vl = strlen(value);
+    char *h = nl + vl < cap ? buf : (*heap = cm_xmalloc(nl + vl + 1));
+    memcpy(h, name, nl);
+    memcpy(h + nl, value, vl + 1);
+    return h;
 }
 
 struct cm_hc_req *cm_hc_start(struct cm_hc *hc, const struct cm_hc_opts *o,
@@ -646,10 +669,14 @@ struct cm_hc_req *cm_hc_start(struct cm_hc *hc, const struct cm_hc_opts *o,
     if ((o->request_id && !cm_hc_header_value_ok(o->request_id)) ||
         (o->bearer && !cm_hc_header_value_ok(o->bearer))) {
         CM_ERROR(NULL, "upstream_bad_header", "a header value contains CR or LF; not sent");
+        if (o->body_given)
+            free((char *)o->body);
         return NULL;
     }
     if (hc->max_running && hc->running >= hc->max_running && hc->nqueued >= hc->max_queued) {
         hc->refused = 1;
+        if (o->body_given)
+            free((char *)o->body);
         return NULL;
     }
     struct cm_hc_req *req = cm_xcalloc(1, sizeof *req);
@@ -684,21 +711,31 @@ struct cm_hc_req *cm_hc_start(struct cm_hc *hc, const struct cm_hc_opts *o,
     if (o->total_timeout_s > 0)
         curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)ceil(o->total_timeout_s * 1000));
 
-    req->headers = curl_slist_append(req->headers, "Expect:");
+    unsigned nh = 0;
+    static char expect_hdr[] = "Expect:", ctype_hdr[] = "Content-Type: application/json";
+    add_header(req, &nh, expect_hdr);
     if (o->body) {
-        req->headers = curl_slist_append(req->headers, "Content-Type: application/json");
+        add_header(req, &nh, ctype_hdr);
         curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)o->body_len);
-        curl_easy_setopt(e, CURLOPT_COPYPOSTFIELDS, o->body);
+        if (o->body_given) {
+            req->body_given = (char *)o->body; /* lives as long as the transfer */
+            curl_easy_setopt(e, CURLOPT_POSTFIELDS, req->body_given);
+        } else {
+            curl_easy_setopt(e, CURLOPT_COPYPOSTFIELDS, o->body);
+        }
     }
     if (o->method && strcmp(o->method, "GET") != 0 && strcmp(o->method, "POST") != 0)
         curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, o->method);
     else if (o->method && strcmp(o->method, "GET") == 0 && !o->body)
         curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
     if (o->request_id)
-        add_header(req, "X-Request-Id: ", o->request_id);
+        add_header(req, &nh,
+                   header_line(req->rid_hdr, sizeof req->rid_hdr, &req->rid_heap,
+                               "X-Request-Id: ", o->request_id));
     if (o->bearer)
-        add_header(req, "Authorization: Bearer ", o->bearer);
-    curl_easy_setopt(e, CURLOPT_HTTPHEADER, req->headers);
+        add_header(req, &nh,
+                   header_line(NULL, 0, &req->bearer_hdr, "Authorization: Bearer ", o->bearer));
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, req->hnodes);
 
     req->first_byte_timeout_s = o->first_byte_timeout_s;
     if (o->idle_timeout_s > 0) {

@@ -146,13 +146,12 @@ static void chat_handle_scoped(struct cm_req *r, struct proxy *px)
     chat_request_drop_native(&c->req);
     struct upstream_call_opts o = {.method = "POST",
                                    .path = "/api/chat",
-                                   .body_text = native,
+                                   .body_take = native,
                                    .body_len = native_len,
                                    .timeout_s = px->cfg.chat_timeout,
                                    .model = c->req.model,
                                    .json_scoped = 1};
     upstream_call_json(px, r, &o, chat_ok, c, chat_ctx_free);
-    free(native);
 }
 
 void chat_handle(struct cm_req *r, void *arg)

@@ -223,10 +223,14 @@ static int uc_start_on(struct upstream_chat *uc, struct upstream_host *h)
 {
     char *url = upstream_host_url(h, "/api/chat");
     struct proxy *px = uc->px;
+    /* With no other host to fail over to, the body goes to the client
+     * without a copy (and is gone from here, started or not). */
+    int give = uc->body && upstream_pool_size(px->pool) < 2;
     struct cm_hc_opts o = {.method = "POST",
                            .url = url,
                            .body = uc->body,
                            .body_len = uc->body_len,
+                           .body_given = give,
                            .request_id = uc->request_id,
                            .connect_timeout_s = px->cfg.connect_timeout,
                            .first_byte_timeout_s = px->cfg.chat_timeout,
@@ -236,6 +240,8 @@ static int uc_start_on(struct upstream_chat *uc, struct upstream_host *h)
         .on_headers = uc_headers, .on_data = uc_data, .on_done = uc_finished};
     uc->up = cm_hc_start(upstream_host_hc(h), &o, &cbs, uc);
     free(url);
+    if (give)
+        uc->body = NULL;
     if (!uc->up)
         return -1;
     uc->host = h;

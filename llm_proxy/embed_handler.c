@@ -59,13 +59,12 @@ static void embed_handle_scoped(struct cm_req *r, struct proxy *px)
     e->req.native = NULL;
     struct upstream_call_opts o = {.method = "POST",
                                    .path = "/api/embed",
-                                   .body_text = native,
+                                   .body_take = native,
                                    .body_len = strlen(native),
                                    .timeout_s = px->cfg.embeddings_timeout,
                                    .model = e->req.model,
                                    .json_scoped = 1};
     upstream_call_json(px, r, &o, embed_ok, e, embed_ctx_free);
-    free(native);
 }
 
 void embed_handle(struct cm_req *r, void *arg)

@@ -21,6 +21,8 @@ struct upstream_call_opts {
     const char *path;      /* "/api/embed" */
     const json_t *body;    /* borrowed; NULL for GET */
     const char *body_text; /* used instead of body when set: borrowed, copied by the call */
+    char *body_take;       /* used instead of both when set: malloc'd text (body_len
+                              bytes, NUL-terminated), owned by the call from here */
     size_t body_len;
     double timeout_s;  /* whole exchange */
     const char *model; /* for 404 messages; borrowed during the call only */
