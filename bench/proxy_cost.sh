@@ -21,6 +21,8 @@
 #   N1/N2 (env): request counts differenced (default 40/240)
 #   SKIP_WRK=1: only the counted costs;  SKIP_COUNTS=1: only wrk
 #   ONLY=chat|stream|embed: one workload
+#   PROXY_BIN: the llm_proxy binary (default build/bin/llm_proxy), e.g. to
+#   measure another build against the same nginx
 set -euo pipefail
 shopt -s inherit_errexit
 cd "$(dirname "$0")/.."
@@ -35,6 +37,7 @@ need valgrind valgrind
 need strace strace
 need taskset util-linux
 [ -x build/bin/llm_proxy ] || { cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null && cmake --build build -j2 >/dev/null; }
+PROXY_BIN=${PROXY_BIN:-build/bin/llm_proxy}
 NCPU=$(nproc)
 PIN_PROXY="taskset -c 0"
 PIN_LOAD="taskset -c $((NCPU > 1 ? 1 : 0))"
@@ -90,7 +93,7 @@ start() {
     "$@" nginx -p "$TMP/nginx-$port" -c "$(nginx_conf "$port")" 2>>"$TMP/run.err" &
   else
     LLM_PROXY_HOST=127.0.0.1 LLM_PROXY_PORT=$port OLLAMA_URL_INTERNAL=http://127.0.0.1:$DP LOG_LEVEL=warn \
-      "$@" build/bin/llm_proxy 2>>"$TMP/run.err" &
+      "$@" "$PROXY_BIN" 2>>"$TMP/run.err" &
   fi
   RUNPID=$!
   wait_port "$port"
