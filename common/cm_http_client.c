@@ -27,6 +27,8 @@ struct cm_hc {
     unsigned npool;
     struct event *timer;
     struct event *kick;     /* curl's zero timeout (see kick_cb) */
+    struct timeval kick_at; /* loop time of the last kick... */
+    unsigned kicks;         /* ...and how many ran at that time */
     struct cm_hc_req *reqs; /* doubly linked list of running transfers */
     unsigned active;        /* transfers started and not finished (running + queued) */
     unsigned running;       /* transfers added to curl */
@@ -196,8 +198,18 @@ static int multi_timer_cb(CURLM *multi, long timeout_ms, void *arg)
     struct cm_hc *hc = arg;
     (void)multi;
     if (timeout_ms == 0) {
-        event_active(hc->kick, EV_TIMEOUT, 1);
-        return 0;
+        /* A few per loop pass; should curl keep asking for "now", the
+         * zero timer below lets epoll run in between (no starvation). */
+        struct timeval now;
+        event_base_gettimeofday_cached(hc->base, &now);
+        if (now.tv_sec != hc->kick_at.tv_sec || now.tv_usec != hc->kick_at.tv_usec) {
+            hc->kick_at = now;
+            hc->kicks = 0;
+        }
+        if (hc->kicks++ < 64) {
+            event_active(hc->kick, EV_TIMEOUT, 1);
+            return 0;
+        }
     }
     if (timeout_ms < 0) {
         if (hc->timer_ms >= 0)
