@@ -12,6 +12,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #define DEFAULT_MAX_RESPONSE (64u * 1024 * 1024)
 #define ERROR_BODY_MAX (256u * 1024)
@@ -24,6 +26,9 @@ struct cm_hc {
     CURL *pool[EASY_POOL_MAX]; /* reset easy handles ready for reuse */
     unsigned npool;
     struct event *timer;
+    struct event *kick;     /* curl's zero timeout (see kick_cb) */
+    struct timeval kick_at; /* loop time of the last kick... */
+    unsigned kicks;         /* ...and how many ran at that time */
     struct cm_hc_req *reqs; /* doubly linked list of running transfers */
     unsigned active;        /* transfers started and not finished (running + queued) */
     unsigned running;       /* transfers added to curl */
@@ -32,15 +37,32 @@ struct cm_hc {
     double queue_timeout_s;
     struct cm_hc_req *qhead, *qtail; /* FIFO of transfers waiting for a slot */
     unsigned nqueued;
-    struct event *pump; /* starts queued transfers from a clean stack */
-    int refused;        /* the last cm_hc_start() found the queue full */
-    int running_frozen; /* being freed: do not start queued transfers */
+    struct event *pump;      /* starts queued transfers from a clean stack */
+    int refused;             /* the last cm_hc_start() found the queue full */
+    int running_frozen;      /* being freed: do not start queued transfers */
+    int in_curl;             /* inside curl_multi_socket_action: curl is not re-entrant */
+    long timer_ms;           /* the curl timeout armed on timer (-1: none) */
+    struct timeval timer_at; /* when it was armed (loop's cached time) */
+    /* Upstream connection sockets this client opened (CURLOPT_OPENSOCKETFUNCTION),
+     * indexed by fd. Their struct event stays registered while curl keeps the
+     * connection idle in its cache, so a reused connection costs no
+     * epoll_ctl; freed when curl closes the socket (CLOSESOCKETFUNCTION). */
+    struct sock_ctx **socks;
+    int nsocks;
 };
+
+#define RID_HDR_MAX 128 /* "X-Request-Id: " + the id (ids are short) */
 
 struct cm_hc_req {
     struct cm_hc *hc;
     CURL *easy;
-    struct curl_slist *headers;
+    /* Request headers: nodes owned by this struct (no allocation), the
+     * strings constant or in rid_hdr; only a Bearer header is malloc'd. */
+    struct curl_slist hnodes[4];
+    char rid_hdr[RID_HDR_MAX];
+    char *rid_heap; /* an X-Request-Id header too long for rid_hdr */
+    char *bearer_hdr;
+    char *body_given; /* the request body, handed over (opts.body_given) */
     struct cm_hc_callbacks cbs;
     void *arg;
     struct evbuffer *body;
@@ -67,10 +89,24 @@ struct cm_hc_req {
     struct cm_hc_req *prev, *next;
 };
 
+/*
+ * Socket watch state (one per socket curl asked to watch):
+ *   armed   sc->kind != 0, curl wants it (sc->what != 0): events go to curl
+ *   parked  curl released it (CURL_POLL_REMOVE) but the connection stays in
+ *           its cache: the read watch is kept (no epoll_ctl); if it fires
+ *           (the upstream closed the idle connection) it is dropped
+ *   idle    no watch; armed again when curl reuses the connection
+ * Only sockets in hc->socks (opened by open_socket_cb) are ever parked;
+ * any other socket is freed on CURL_POLL_REMOVE, since it may be closed
+ * without close_socket_cb.
+ */
 struct sock_ctx {
+    struct cm_hc *hc;
     struct event *ev;
     curl_socket_t fd;
-    int what; /* CURL_POLL_* currently armed */
+    int what;   /* CURL_POLL_* curl asked for; 0 = parked or idle */
+    short kind; /* EV_READ|EV_WRITE currently registered; 0 = none */
+    int owned;  /* in hc->socks: closed only through close_socket_cb */
 };
 
 static void check_multi_info(struct cm_hc *hc);
@@ -104,13 +140,34 @@ const char *cm_hc_result_name(enum cm_hc_result r)
 
 /* ------------------------------------------------------------ curl glue */
 
+static void socket_action(struct cm_hc *hc, curl_socket_t fd, int action)
+{
+    int running;
+    hc->in_curl++;
+    curl_multi_socket_action(hc->multi, fd, action, &running);
+    hc->in_curl--;
+}
+
+static void sock_disarm(struct sock_ctx *sc)
+{
+    if (sc->kind)
+        event_del(sc->ev);
+    sc->kind = 0;
+}
+
 static void event_cb(evutil_socket_t fd, short what, void *arg)
 {
-    struct cm_hc *hc = arg;
+    struct sock_ctx *sc = arg;
+    struct cm_hc *hc = sc->hc;
+    if (!sc->what) {
+        /* Parked: the upstream closed (or wrote on) an idle connection.
+         * Stop watching; curl finds it dead when it next looks at it. */
+        sock_disarm(sc);
+        return;
+    }
     int action =
         ((what & EV_READ) ? CURL_CSELECT_IN : 0) | ((what & EV_WRITE) ? CURL_CSELECT_OUT : 0);
-    int running;
-    curl_multi_socket_action(hc->multi, fd, action, &running);
+    socket_action(hc, fd, action);
     check_multi_info(hc);
 }
 
@@ -119,8 +176,20 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
     struct cm_hc *hc = arg;
     (void)fd;
     (void)what;
-    int running;
-    curl_multi_socket_action(hc->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    hc->timer_ms = -1;
+    socket_action(hc, CURL_SOCKET_TIMEOUT, 0);
+    check_multi_info(hc);
+}
+
+/* curl asked for an action "now": run it later in this same loop iteration
+ * (libevent runs events activated while it processes the active queue),
+ * with a clean stack and without a zero-timeout epoll_wait. */
+static void kick_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct cm_hc *hc = arg;
+    (void)fd;
+    (void)what;
+    socket_action(hc, CURL_SOCKET_TIMEOUT, 0);
     check_multi_info(hc);
 }
 
@@ -128,14 +197,56 @@ static int multi_timer_cb(CURLM *multi, long timeout_ms, void *arg)
 {
     struct cm_hc *hc = arg;
     (void)multi;
+    if (timeout_ms == 0) {
+        /* A few per loop pass; should curl keep asking for "now", the
+         * zero timer below lets epoll run in between (no starvation). */
+        struct timeval now;
+        event_base_gettimeofday_cached(hc->base, &now);
+        if (now.tv_sec != hc->kick_at.tv_sec || now.tv_usec != hc->kick_at.tv_usec) {
+            hc->kick_at = now;
+            hc->kicks = 0;
+        }
+        if (hc->kicks++ < 64) {
+            event_active(hc->kick, EV_TIMEOUT, 1);
+            return 0;
+        }
+    }
     if (timeout_ms < 0) {
-        evtimer_del(hc->timer);
+        if (hc->timer_ms >= 0)
+            evtimer_del(hc->timer);
+        hc->timer_ms = -1;
         return 0;
     }
+    /* The same deadline again (curl re-announces it on every action):
+     * leave the armed timer alone. */
+    struct timeval now;
+    event_base_gettimeofday_cached(hc->base, &now);
+    if (hc->timer_ms == timeout_ms && hc->timer_at.tv_sec == now.tv_sec &&
+        hc->timer_at.tv_usec == now.tv_usec)
+        return 0;
     /* Never call curl from here (recursion): arm the timer instead. */
     struct timeval tv = {timeout_ms / 1000, (timeout_ms % 1000) * 1000};
     evtimer_add(hc->timer, &tv);
+    hc->timer_ms = timeout_ms;
+    hc->timer_at = now;
     return 0;
+}
+
+static void sock_free(struct cm_hc *hc, struct sock_ctx *sc)
+{
+    if (sc->owned && sc->fd >= 0 && sc->fd < hc->nsocks && hc->socks[sc->fd] == sc)
+        hc->socks[sc->fd] = NULL;
+    event_free(sc->ev);
+    free(sc);
+}
+
+static struct sock_ctx *sock_new(struct cm_hc *hc, curl_socket_t s)
+{
+    struct sock_ctx *sc = cm_xcalloc(1, sizeof *sc);
+    sc->hc = hc;
+    sc->fd = s;
+    sc->ev = event_new(hc->base, s, 0, event_cb, sc);
+    return sc;
 }
 
 static int multi_sock_cb(CURL *easy, curl_socket_t s, int what, void *arg, void *sockp)
@@ -143,30 +254,76 @@ static int multi_sock_cb(CURL *easy, curl_socket_t s, int what, void *arg, void 
     struct cm_hc *hc = arg;
     struct sock_ctx *sc = sockp;
     (void)easy;
+    if (!sc && s >= 0 && s < hc->nsocks)
+        sc = hc->socks[s]; /* a cached connection curl released earlier */
     if (what == CURL_POLL_REMOVE) {
-        if (sc) {
-            event_free(sc->ev);
-            free(sc);
-            curl_multi_assign(hc->multi, s, NULL);
+        if (!sc)
+            return 0;
+        curl_multi_assign(hc->multi, s, NULL);
+        if (!sc->owned) {
+            sock_free(hc, sc);
+            return 0;
+        }
+        /* Park: keep only a read watch, so that an upstream close is
+         * noticed without any readiness spinning. */
+        sc->what = 0;
+        if (sc->kind & EV_WRITE) {
+            sock_disarm(sc);
+            event_assign(sc->ev, hc->base, s, EV_PERSIST | EV_READ, event_cb, sc);
+            event_add(sc->ev, NULL);
+            sc->kind = EV_READ;
         }
         return 0;
     }
-    short kind = EV_PERSIST | ((what & CURL_POLL_IN) ? EV_READ : 0) |
-                 ((what & CURL_POLL_OUT) ? EV_WRITE : 0);
+    short kind =
+        (short)(((what & CURL_POLL_IN) ? EV_READ : 0) | ((what & CURL_POLL_OUT) ? EV_WRITE : 0));
     if (!sc) {
-        sc = cm_xcalloc(1, sizeof *sc);
-        sc->fd = s;
-        sc->ev = event_new(hc->base, s, kind, event_cb, hc);
-        curl_multi_assign(hc->multi, s, sc);
-    } else {
-        if (sc->what == what)
-            return 0; /* unchanged: no epoll_ctl */
-        event_del(sc->ev);
-        event_assign(sc->ev, hc->base, s, kind, event_cb, hc);
+        sc = sock_new(hc, s);
     }
+    if (!sockp)
+        curl_multi_assign(hc->multi, s, sc);
     sc->what = what;
+    if (sc->kind == kind)
+        return 0; /* unchanged (or parked with the same watch): no epoll_ctl */
+    sock_disarm(sc);
+    event_assign(sc->ev, hc->base, s, (short)(EV_PERSIST | kind), event_cb, sc);
     event_add(sc->ev, NULL);
+    sc->kind = kind;
     return 0;
+}
+
+/* Upstream connection sockets: opened here so that they can be parked. */
+static curl_socket_t open_socket_cb(void *arg, curlsocktype purpose, struct curl_sockaddr *a)
+{
+    struct cm_hc *hc = arg;
+    if (purpose != CURLSOCKTYPE_IPCXN)
+        return CURL_SOCKET_BAD;
+    curl_socket_t s = socket(a->family, a->socktype | SOCK_CLOEXEC, a->protocol);
+    if (s < 0)
+        return CURL_SOCKET_BAD;
+    if (s >= hc->nsocks) {
+        int n = hc->nsocks ? hc->nsocks : 64;
+        while (n <= s)
+            n *= 2;
+        hc->socks = cm_xrealloc(hc->socks, (size_t)n * sizeof *hc->socks);
+        memset(hc->socks + hc->nsocks, 0, (size_t)(n - hc->nsocks) * sizeof *hc->socks);
+        hc->nsocks = n;
+    }
+    struct sock_ctx *sc = sock_new(hc, s);
+    sc->owned = 1;
+    hc->socks[s] = sc;
+    return s;
+}
+
+static int close_socket_cb(void *arg, curl_socket_t s)
+{
+    struct cm_hc *hc = arg;
+    if (s >= 0 && s < hc->nsocks && hc->socks[s]) {
+        struct sock_ctx *sc = hc->socks[s];
+        sock_disarm(sc);
+        sock_free(hc, sc);
+    }
+    return close(s);
 }
 
 /* ------------------------------------------------------------ lifecycle */
@@ -223,7 +380,9 @@ static void req_unlink_free(struct cm_hc_req *req)
         event_free(req->first_byte_timer);
     if (req->idle_timer)
         event_free(req->idle_timer);
-    curl_slist_free_all(req->headers);
+    free(req->rid_heap);
+    free(req->bearer_hdr);
+    free(req->body_given);
     evbuffer_free(req->body);
     free(req->retry_after);
     free(req);
@@ -448,6 +607,8 @@ struct cm_hc *cm_hc_new(struct event_base *base)
     hc->base = base;
     hc->multi = curl_multi_init();
     hc->timer = evtimer_new(base, timer_cb, hc);
+    hc->timer_ms = -1;
+    hc->kick = event_new(base, -1, 0, kick_cb, hc);
     hc->pump = evtimer_new(base, pump_cb, hc);
     curl_multi_setopt(hc->multi, CURLMOPT_SOCKETFUNCTION, multi_sock_cb);
     curl_multi_setopt(hc->multi, CURLMOPT_SOCKETDATA, hc);
@@ -468,8 +629,13 @@ void cm_hc_free(struct cm_hc *hc)
     }
     while (hc->npool)
         curl_easy_cleanup(hc->pool[--hc->npool]);
-    curl_multi_cleanup(hc->multi);
+    curl_multi_cleanup(hc->multi); /* closes cached connections: close_socket_cb */
+    for (int i = 0; i < hc->nsocks; i++)
+        if (hc->socks[i])
+            sock_free(hc, hc->socks[i]); /* opened but never closed by curl */
+    free(hc->socks);
     event_free(hc->timer);
+    event_free(hc->kick);
     event_free(hc->pump);
     free(hc);
 }
@@ -487,12 +653,25 @@ int cm_hc_header_value_ok(const char *v)
     return v && strpbrk(v, "\r\n") == NULL;
 }
 
-/* The whole header, never truncated (values were checked by cm_hc_start). */
-static void add_header(struct cm_hc_req *req, const char *name, const char *value)
+/* Links the next header node (the list is built front to back). */
+static void add_header(struct cm_hc_req *req, unsigned *n, char *line)
 {
-    char *h = cm_xasprintf("%s%s", name, value);
-    req->headers = curl_slist_append(req->headers, h);
-    free(h);
+    req->hnodes[*n].data = line;
+    req->hnodes[*n].next = NULL;
+    if (*n)
+        req->hnodes[*n - 1].next = &req->hnodes[*n];
+    (*n)++;
+}
+
+/* "name" + "value" whole, never truncated (values were checked by
+ * cm_hc_start): in buf when it fits, else malloc'd into *heap. */
+static char *header_line(char *buf, size_t cap, char **heap, const char *name, const char *value)
+{
+    size_t nl = strlen(name), vl = strlen(value);
+    char *h = nl + vl < cap ? buf : (*heap = cm_xmalloc(nl + vl + 1));
+    memcpy(h, name, nl);
+    memcpy(h + nl, value, vl + 1);
+    return h;
 }
 
 struct cm_hc_req *cm_hc_start(struct cm_hc *hc, const struct cm_hc_opts *o,
@@ -502,10 +681,14 @@ struct cm_hc_req *cm_hc_start(struct cm_hc *hc, const struct cm_hc_opts *o,
     if ((o->request_id && !cm_hc_header_value_ok(o->request_id)) ||
         (o->bearer && !cm_hc_header_value_ok(o->bearer))) {
         CM_ERROR(NULL, "upstream_bad_header", "a header value contains CR or LF; not sent");
+        if (o->body_given)
+            free((char *)o->body);
         return NULL;
     }
     if (hc->max_running && hc->running >= hc->max_running && hc->nqueued >= hc->max_queued) {
         hc->refused = 1;
+        if (o->body_given)
+            free((char *)o->body);
         return NULL;
     }
     struct cm_hc_req *req = cm_xcalloc(1, sizeof *req);
@@ -531,26 +714,40 @@ struct cm_hc_req *cm_hc_start(struct cm_hc *hc, const struct cm_hc_opts *o,
     curl_easy_setopt(e, CURLOPT_HEADERDATA, req);
     curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, prereq_cb);
     curl_easy_setopt(e, CURLOPT_PREREQDATA, req);
+    curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, open_socket_cb);
+    curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, hc);
+    curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, close_socket_cb);
+    curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, hc);
     if (o->connect_timeout_s > 0)
         curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)ceil(o->connect_timeout_s * 1000));
     if (o->total_timeout_s > 0)
         curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)ceil(o->total_timeout_s * 1000));
 
-    req->headers = curl_slist_append(req->headers, "Expect:");
+    unsigned nh = 0;
+    static char expect_hdr[] = "Expect:", ctype_hdr[] = "Content-Type: application/json";
+    add_header(req, &nh, expect_hdr);
     if (o->body) {
-        req->headers = curl_slist_append(req->headers, "Content-Type: application/json");
+        add_header(req, &nh, ctype_hdr);
         curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)o->body_len);
-        curl_easy_setopt(e, CURLOPT_COPYPOSTFIELDS, o->body);
+        if (o->body_given) {
+            req->body_given = (char *)o->body; /* lives as long as the transfer */
+            curl_easy_setopt(e, CURLOPT_POSTFIELDS, req->body_given);
+        } else {
+            curl_easy_setopt(e, CURLOPT_COPYPOSTFIELDS, o->body);
+        }
     }
     if (o->method && strcmp(o->method, "GET") != 0 && strcmp(o->method, "POST") != 0)
         curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, o->method);
     else if (o->method && strcmp(o->method, "GET") == 0 && !o->body)
         curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
     if (o->request_id)
-        add_header(req, "X-Request-Id: ", o->request_id);
+        add_header(req, &nh,
+                   header_line(req->rid_hdr, sizeof req->rid_hdr, &req->rid_heap,
+                               "X-Request-Id: ", o->request_id));
     if (o->bearer)
-        add_header(req, "Authorization: Bearer ", o->bearer);
-    curl_easy_setopt(e, CURLOPT_HTTPHEADER, req->headers);
+        add_header(req, &nh,
+                   header_line(NULL, 0, &req->bearer_hdr, "Authorization: Bearer ", o->bearer));
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, req->hnodes);
 
     req->first_byte_timeout_s = o->first_byte_timeout_s;
     if (o->idle_timeout_s > 0) {

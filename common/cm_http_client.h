@@ -18,7 +18,8 @@
  * cm_hc_cancel() may be called from any of the callbacks, including on_data
  * and on_headers; no callback runs after it.
  *
- * Ownership: opts strings are copied by cm_hc_start(). The body evbuffer
+ * Ownership: opts strings are copied by cm_hc_start() (the body unless
+ * opts.body_given hands it over). The body evbuffer
  * passed to on_done is borrowed (valid during the callback).
  */
 #ifndef CM_HTTP_CLIENT_H
@@ -47,7 +48,10 @@ struct cm_hc_opts {
     const char *method;       /* "GET", "POST" */
     const char *url;          /* absolute */
     const char *body;         /* may be NULL */
-    size_t body_len;          /* copied */
+    size_t body_len;          /* copied, unless body_given */
+    int body_given;           /* 1: body was malloc'd by the caller and now belongs to
+                                 the client (sent without a copy, freed when the
+                                 transfer ends or cm_hc_start fails) */
     const char *request_id;   /* sent as X-Request-Id when non-NULL */
     const char *bearer;       /* sent as Authorization: Bearer when non-NULL */
     double connect_timeout_s; /* 0 = curl default */

@@ -22,8 +22,13 @@ json_t *cm_json_parse(const char *buf, size_t len, char *err, size_t errlen);
 /* Appends the compact encoding of v to out. Returns 0 or -1. */
 int cm_json_to_evbuffer(const json_t *v, struct evbuffer *out);
 
-/* Compact encoding; caller frees. NULL only on invalid input. */
+/* Compact encoding; caller frees with free(). NULL only on invalid input.
+ * Use these, never json_dumps(): its result comes from jansson's allocator
+ * hooks (cm_mem_budget.h: counted in the budget, and from the per-request
+ * arena inside a JSON scope), so free() on it is wrong. */
 char *cm_json_dumps(const json_t *v);
+/* The same with jansson's encoding flags. */
+char *cm_json_dumps_flags(const json_t *v, size_t flags);
 
 /* Borrowed string member, or NULL if absent or not a string. */
 const char *cm_json_str(const json_t *obj, const char *key);

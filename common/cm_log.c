@@ -1,6 +1,8 @@
 /* cm_log: structured logging (see cm_log.h). */
 #include "cm_log.h"
 
+#include "cm_json.h"
+
 #include <event2/event.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -103,7 +105,7 @@ static void text_append_value(json_t *v, FILE *mem)
             return;
         }
     }
-    char *enc = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT | JSON_REAL_PRECISION(9));
+    char *enc = cm_json_dumps_flags(v, JSON_ENCODE_ANY | JSON_COMPACT | JSON_REAL_PRECISION(9));
     if (enc) {
         fputs(enc, mem);
         free(enc);
@@ -133,7 +135,8 @@ void cm_log_fields(enum cm_log_level level, const char *req_id, const char *even
             json_object_set_new(obj, "req_id", json_string(req_id));
         if (fields)
             json_object_update_missing(obj, fields);
-        char *enc = json_dumps(obj, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(9));
+        char *enc =
+            cm_json_dumps_flags(obj, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(9));
         if (enc) {
             fputs(enc, mem);
             free(enc);

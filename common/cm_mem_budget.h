@@ -11,8 +11,19 @@
  * account of the budget (replies in progress must finish). Admission is
  * decided before a parse, from cm_mem_budget_json_estimate().
  *
- * Process-wide state shared by every worker thread: the counters are atomic.
+ * Process-wide counters, shared by every event-loop thread (C11 atomics).
  * No ownership beyond the counters.
+ *
+ * JSON scopes (per-request arena): between cm_json_scope_begin() and
+ * cm_json_scope_end() on one thread, jansson allocates from that thread's
+ * 64 KiB arena (then from malloc once it is full) and a free of arena memory
+ * costs nothing; the scope's end releases the arena at once. Its bytes are
+ * counted in the budget from allocation to the scope's end (never less than
+ * without the arena). Contract for the code inside a scope: every JSON value
+ * created in it is released before the scope ends and nothing keeps a pointer
+ * into one (copy strings out). Scopes nest; the arena is thread-local, so
+ * threads never share one. In ASan builds freed and released arena memory
+ * is poisoned, so a value used past its scope is reported.
  */
 #ifndef CM_MEM_BUDGET_H
 #define CM_MEM_BUDGET_H
@@ -21,6 +32,10 @@
 
 /* Installs the jansson hooks; call first thing in main. */
 void cm_mem_budget_install(void);
+/* See "JSON scopes" above. */
+void cm_json_scope_begin(void);
+void cm_json_scope_end(void);
+
 /* limit in bytes; 0 = unlimited. */
 void cm_mem_budget_set_limit(size_t limit);
 size_t cm_mem_budget_limit(void);

@@ -201,6 +201,7 @@ void api_relay_start(struct proxy *px, struct cm_req *r, struct chat_request *re
         relay_free(a);
         return;
     }
+    upstream_chat_json_per_line(a->uc, ops->json_per_line);
     if (a->stream) {
         a->keepalive = event_new(px->base, -1, EV_PERSIST, relay_keepalive_cb, a);
         double ka = px->cfg.sse_keepalive;

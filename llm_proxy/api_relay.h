@@ -46,6 +46,9 @@ struct api_relay_ops {
     /* 1: each event is "event: <its type>\ndata: <json>"; 0: "data: <json>"
      * only (chat completions). */
     int named_events;
+    /* 1: chunk/done/fail keep no JSON between upstream lines, so each line is
+     * handled in its own JSON scope (cm_mem_budget.h, per-request arena). */
+    int json_per_line;
     /* Written after the done events, or NULL ("data: [DONE]\n\n" for chat). */
     const char *end_marker;
 };

@@ -21,6 +21,7 @@
 
 #include "cm_alloc.h"
 #include "cm_json.h"
+#include "cm_mem_budget.h"
 
 #include <event2/buffer.h>
 #include <stdlib.h>
@@ -110,13 +111,17 @@ static const struct api_relay_ops chat_sse_ops = {.start = conv_start,
                                                   .free = conv_free,
                                                   .ping = NULL,
                                                   .named_events = 0,
+                                                  .json_per_line = 1,
                                                   .end_marker = "data: [DONE]\n\n"};
 
 /* ------------------------------------------------------------ entry */
 
-void chat_handle(struct cm_req *r, void *arg)
+/* The request's JSON lives in one scope (cm_mem_budget.h, per-request
+ * arena): it is translated, written out as the native body and released
+ * before this returns; what outlives it (the model name, the body text) is
+ * copied out. */
+static void chat_handle_scoped(struct cm_req *r, struct proxy *px)
 {
-    struct proxy *px = arg;
     struct evbuffer *body = cm_req_body(r);
     size_t len = evbuffer_get_length(body);
     struct chat_request req;
@@ -141,10 +146,17 @@ void chat_handle(struct cm_req *r, void *arg)
     chat_request_drop_native(&c->req);
     struct upstream_call_opts o = {.method = "POST",
                                    .path = "/api/chat",
-                                   .body_text = native,
+                                   .body_take = native,
                                    .body_len = native_len,
                                    .timeout_s = px->cfg.chat_timeout,
-                                   .model = c->req.model};
+                                   .model = c->req.model,
+                                   .json_scoped = 1};
     upstream_call_json(px, r, &o, chat_ok, c, chat_ctx_free);
-    free(native);
+}
+
+void chat_handle(struct cm_req *r, void *arg)
+{
+    cm_json_scope_begin();
+    chat_handle_scoped(r, arg);
+    cm_json_scope_end();
 }

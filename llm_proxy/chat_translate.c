@@ -424,11 +424,6 @@ static json_t *parse_slice(const char *s, size_t a, size_t b, struct proxy_error
     return v;
 }
 
-static int dump_cb(const char *buffer, size_t size, void *data)
-{
-    return evbuffer_add(data, buffer, size);
-}
-
 /* The "messages" array text s[a, b) -> native messages, comma-separated, in
  * out. 0, or -1 with err set. */
 static int translate_messages_text(const char *s, size_t a, size_t b, struct evbuffer *out,
@@ -468,7 +463,7 @@ static int translate_messages_text(const char *s, size_t a, size_t b, struct evb
             goto out;
         if (mi)
             evbuffer_add(out, ",", 1);
-        json_dump_callback(nm, dump_cb, out, JSON_COMPACT);
+        cm_json_to_evbuffer(nm, out);
         json_decref(nm);
         mi++;
         i = skip_ws(s, b, end);

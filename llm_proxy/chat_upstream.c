@@ -4,6 +4,7 @@
 #include "cm_alloc.h"
 #include "cm_json.h"
 #include "cm_log.h"
+#include "cm_mem_budget.h"
 
 #include <event2/buffer.h>
 #include <event2/event.h>
@@ -31,6 +32,7 @@ struct upstream_chat {
     char *body;   /* the request, kept for a failover until answered (2+ hosts) */
     size_t body_len;
     char *request_id;
+    int json_per_line; /* each line in its own JSON scope */
 };
 
 static void uc_free(struct upstream_chat *uc)
@@ -87,8 +89,9 @@ static double since(const struct timespec *a)
     return (double)(b.tv_sec - a->tv_sec) + (double)(b.tv_nsec - a->tv_nsec) / 1e9;
 }
 
-/* One NDJSON line. Returns 1 when uc was freed. */
-static int uc_line(struct upstream_chat *uc, const char *line, size_t len)
+/* One NDJSON line. Returns 1 when uc was freed. line is only read before
+ * anything that may free uc. */
+static int uc_line_json(struct upstream_chat *uc, const char *line, size_t len)
 {
     while (len && (line[len - 1] == '\r' || line[len - 1] == ' '))
         len--;
@@ -127,6 +130,16 @@ static int uc_line(struct upstream_chat *uc, const char *line, size_t len)
     return 0;
 }
 
+static int uc_line(struct upstream_chat *uc, const char *line, size_t len)
+{
+    if (!uc->json_per_line)
+        return uc_line_json(uc, line, len);
+    cm_json_scope_begin();
+    int freed = uc_line_json(uc, line, len);
+    cm_json_scope_end();
+    return freed;
+}
+
 /* Splits pending bytes into lines. Returns 1 when uc was freed. */
 static int uc_drain_lines(struct upstream_chat *uc, int at_eof)
 {
@@ -140,13 +153,12 @@ static int uc_drain_lines(struct upstream_chat *uc, int at_eof)
         } else {
             line_len = (size_t)eol.pos;
         }
-        char *line = cm_xmalloc(line_len + 1);
-        evbuffer_remove(uc->pending, line, line_len);
-        evbuffer_drain(uc->pending, eol.pos < 0 ? 0 : 1);
-        int freed = uc_line(uc, line, line_len);
-        free(line);
-        if (freed)
+        /* Parsed in place (usually one chunk already: no copy); uc_line reads
+         * it before anything that may free uc and its buffer. */
+        const char *line = (const char *)evbuffer_pullup(uc->pending, (ev_ssize_t)line_len);
+        if (uc_line(uc, line ? line : "", line_len))
             return 1;
+        evbuffer_drain(uc->pending, line_len + (eol.pos < 0 ? 0 : 1));
     }
 }
 
@@ -211,10 +223,14 @@ static int uc_start_on(struct upstream_chat *uc, struct upstream_host *h)
 {
     char *url = upstream_host_url(h, "/api/chat");
     struct proxy *px = uc->px;
+    /* With no other host to fail over to, the body goes to the client
+     * without a copy (and is gone from here, started or not). */
+    int give = uc->body && upstream_pool_size(px->pool) < 2;
     struct cm_hc_opts o = {.method = "POST",
                            .url = url,
                            .body = uc->body,
                            .body_len = uc->body_len,
+                           .body_given = give,
                            .request_id = uc->request_id,
                            .connect_timeout_s = px->cfg.connect_timeout,
                            .first_byte_timeout_s = px->cfg.chat_timeout,
@@ -224,6 +240,8 @@ static int uc_start_on(struct upstream_chat *uc, struct upstream_host *h)
         .on_headers = uc_headers, .on_data = uc_data, .on_done = uc_finished};
     uc->up = cm_hc_start(upstream_host_hc(h), &o, &cbs, uc);
     free(url);
+    if (give)
+        uc->body = NULL;
     if (!uc->up)
         return -1;
     uc->host = h;
@@ -309,6 +327,11 @@ void upstream_chat_cancel(struct upstream_chat *uc)
     cm_hc_cancel(uc->up);
     uc->up = NULL;
     uc_free(uc);
+}
+
+void upstream_chat_json_per_line(struct upstream_chat *uc, int on)
+{
+    uc->json_per_line = on;
 }
 
 void upstream_chat_resume(struct upstream_chat *uc)

@@ -41,6 +41,9 @@ struct upstream_chat *upstream_chat_start(struct proxy *px, const char *request_
                                           struct proxy_error *err);
 /* Stops the transfer; no sink callback runs afterwards. Frees. */
 void upstream_chat_cancel(struct upstream_chat *uc);
+/* on = 1: the sink keeps no JSON from one line to the next; each line is
+ * parsed, translated and released in one JSON scope (cm_mem_budget.h). */
+void upstream_chat_json_per_line(struct upstream_chat *uc, int on);
 /* The sink has drained: continue a paused transfer (callbacks may run now). */
 void upstream_chat_resume(struct upstream_chat *uc);
 /* Tokens so far (for a cancelled request's report). */

@@ -4,8 +4,11 @@
 #include "upstream_call.h"
 
 #include "cm_alloc.h"
+#include "cm_json.h"
+#include "cm_mem_budget.h"
 
 #include <stdlib.h>
+#include <string.h>
 
 struct embed_ctx {
     struct proxy *px;
@@ -34,9 +37,10 @@ static void embed_ok(struct cm_req *r, const json_t *reply, void *arg)
     cm_req_reply_json(r, 200, out);
 }
 
-void embed_handle(struct cm_req *r, void *arg)
+/* In one JSON scope (cm_mem_budget.h): the request's JSON is parsed,
+ * translated and written out as text before this returns. */
+static void embed_handle_scoped(struct cm_req *r, struct proxy *px)
 {
-    struct proxy *px = arg;
     json_t *body = cm_req_parse_json_object(r);
     if (!body)
         return;
@@ -50,10 +54,22 @@ void embed_handle(struct cm_req *r, void *arg)
         embed_ctx_free(e);
         return;
     }
+    char *native = cm_json_dumps(e->req.native);
+    json_decref(e->req.native);
+    e->req.native = NULL;
     struct upstream_call_opts o = {.method = "POST",
                                    .path = "/api/embed",
-                                   .body = e->req.native,
+                                   .body_take = native,
+                                   .body_len = strlen(native),
                                    .timeout_s = px->cfg.embeddings_timeout,
-                                   .model = e->req.model};
+                                   .model = e->req.model,
+                                   .json_scoped = 1};
     upstream_call_json(px, r, &o, embed_ok, e, embed_ctx_free);
+}
+
+void embed_handle(struct cm_req *r, void *arg)
+{
+    cm_json_scope_begin();
+    embed_handle_scoped(r, arg);
+    cm_json_scope_end();
 }

@@ -4,6 +4,7 @@
 #include "cm_alloc.h"
 #include "cm_json.h"
 #include "cm_log.h"
+#include "cm_mem_budget.h"
 
 #include <event2/buffer.h>
 #include <stdlib.h>
@@ -21,6 +22,7 @@ struct upstream_call {
     char *body; /* kept for a failover (only with several hosts) */
     size_t body_len;
     double timeout_s;
+    int json_scoped;
     upstream_ok_cb on_ok;
     void *ctx;
     void (*ctx_free)(void *);
@@ -54,16 +56,22 @@ static void call_done(struct cm_hc_req *up, enum cm_hc_result result, long statu
 static int call_start_on(struct upstream_call *c, struct upstream_host *h)
 {
     char *url = upstream_host_url(h, c->path);
+    /* With no other host to fail over to, the body goes to the client
+     * without a copy (and is gone from here, started or not). */
+    int give = c->body && upstream_pool_size(c->px->pool) < 2;
     struct cm_hc_opts ho = {.method = c->method,
                             .url = url,
                             .body = c->body,
                             .body_len = c->body_len,
+                            .body_given = give,
                             .request_id = cm_req_id(c->r),
                             .connect_timeout_s = c->px->cfg.connect_timeout,
                             .total_timeout_s = c->timeout_s};
     static const struct cm_hc_callbacks cbs = {.on_done = call_done};
     c->up = cm_hc_start(upstream_host_hc(h), &ho, &cbs, c);
     free(url);
+    if (give)
+        c->body = NULL;
     if (!c->up)
         return -1;
     c->host = h;
@@ -108,6 +116,9 @@ static void call_done(struct cm_hc_req *up, enum cm_hc_result result, long statu
         return;
     }
     cm_req_on_abort(c->r, NULL, NULL);
+    int scoped = c->json_scoped;
+    if (scoped)
+        cm_json_scope_begin();
     json_t *reply =
         cm_json_parse((const char *)evbuffer_pullup(body, -1), evbuffer_get_length(body), NULL, 0);
     if (!json_is_object(reply)) {
@@ -119,6 +130,8 @@ static void call_done(struct cm_hc_req *up, enum cm_hc_result result, long statu
     }
     json_decref(reply);
     call_free(c);
+    if (scoped)
+        cm_json_scope_end();
 }
 
 void upstream_call_json(struct proxy *px, struct cm_req *r, const struct upstream_call_opts *o,
@@ -131,10 +144,14 @@ void upstream_call_json(struct proxy *px, struct cm_req *r, const struct upstrea
     c->method = cm_xstrdup(o->method);
     c->path = cm_xstrdup(o->path);
     c->timeout_s = o->timeout_s;
+    c->json_scoped = o->json_scoped;
     c->on_ok = on_ok;
     c->ctx = ctx;
     c->ctx_free = ctx_free;
-    if (o->body) {
+    if (o->body_take) {
+        c->body = o->body_take;
+        c->body_len = o->body_len;
+    } else if (o->body) {
         c->body = cm_json_dumps(o->body);
         c->body_len = strlen(c->body);
     } else if (o->body_text) {

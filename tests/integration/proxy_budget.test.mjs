@@ -170,6 +170,32 @@ test('memory budget: a chunked upload counts while it arrives, is paused over th
   }
 });
 
+test('memory budget: finished requests leave nothing counted (chat, stream, embeddings, upstream errors)', async () => {
+  // Each request's JSON (parsed, translated, encoded) is released when it
+  // ends; a leak in the accounting would grow the gauge until every request
+  // is refused as overloaded.
+  const p = await startProxy({}, { upstream: double });
+  const bodyMemory = async () => Number((await metrics(p)).match(/^llm_proxy_body_memory_bytes (\d+)/m)[1]);
+  const round = async () => {
+    assert.equal((await postJson(`${p.url}/v1/chat/completions`, chatBody('hi', { think: false }))).status, 200);
+    const s = await fetch(`${p.url}/v1/chat/completions`, {
+      method: 'POST', headers: { 'content-type': 'application/json' },
+      body: JSON.stringify(chatBody('hi @words=5', { stream: true, think: false })),
+    });
+    assert.match(await s.text(), /data: \[DONE\]/);
+    assert.equal((await postJson(`${p.url}/v1/embeddings`, JSON.stringify({ model: 'bge-m3', input: 'x' }))).status, 200);
+    assertOpenAIError(await postJson(`${p.url}/v1/chat/completions`, chatBody('@status=500')), 500);
+  };
+  try {
+    await round(); // caches (models) filled
+    const base = await bodyMemory();
+    for (let i = 0; i < 50; i++) await round();
+    assert.equal(await bodyMemory(), base);
+  } finally {
+    await p.stop();
+  }
+});
+
 test('/ready never takes an upstream slot: answered while the only slot is busy and the queue is 0', async () => {
   const p = await startProxy({ LLM_PROXY_MAX_UPSTREAM: '1', LLM_PROXY_QUEUE_SIZE: '0' }, { upstream: double });
   try {
