@@ -92,6 +92,10 @@ export async function startProxy(env = {}, { upstream } = {}) {
       LLM_PROXY_PORT: '0',
       OLLAMA_URL_INTERNAL: upstream ? upstream.url : 'http://127.0.0.1:9',
       LOG_LEVEL: 'info',
+      // The whole suite runs with two event-loop threads whatever the
+      // machine's CPU count (a test that needs one says LLM_PROXY_WORKERS: '1';
+      // undefined leaves the proxy's own default).
+      LLM_PROXY_WORKERS: process.env.TEST_PROXY_WORKERS || '2',
       ...env,
     },
   }));
@@ -188,6 +192,10 @@ export async function startWorker(env = {}) {
       MEMORY_WORKER_HOST: '127.0.0.1',
       MEMORY_WORKER_PORT: '0',
       LOG_LEVEL: 'info',
+      // The whole suite runs with two event-loop threads whatever the
+      // machine's CPU count (a test that needs one says LLM_PROXY_WORKERS: '1';
+      // undefined leaves the proxy's own default).
+      LLM_PROXY_WORKERS: process.env.TEST_PROXY_WORKERS || '2',
       ...env,
     },
   }));

@@ -253,7 +253,7 @@ test('LLM_PROXY_WORKERS=1 still serves HTTP and WebSocket, and stops cleanly', a
 });
 
 test('the default is one worker per CPU available (sched_getaffinity)', async () => {
-  const p = await startProxy({}, { upstream: double });
+  const p = await startProxy({ LLM_PROXY_WORKERS: undefined }, { upstream: double });
   try {
     const cpus = os.availableParallelism ? os.availableParallelism() : os.cpus().length;
     assert.match(p.logs.text, new RegExp(`workers=${cpus} `));
