@@ -225,8 +225,9 @@ test('/ready is one cached probe for the whole process: 300 concurrent /ready on
   }
 });
 
-function inFlight(text) {
-  return Number(text.match(/^llm_proxy_http_requests_in_flight (\d+)/m)[1]);
+function readyWaiting(text) {
+  const m = text.match(/^llm_proxy_ready_waiting (\d+)/m);
+  return m ? Number(m[1]) : 0;
 }
 
 test('two workers, no result yet: every waiting /ready, on either worker, is answered as soon as the one round answers', async () => {
@@ -242,9 +243,9 @@ test('two workers, no result yet: every waiting /ready, on either worker, is ans
       answered++;
       return `${r.status} ${(await r.json()).status}`;
     })));
-    // Every /ready is waiting (+1: the /metrics request itself) and the round
-    // has started (or, wrongly, some were answered before the probe).
-    while (!answered && (inFlight(await metrics(p)) < n + 1 || !(await dbl.stats()).requests['/api/version']));
+    // Every /ready is waiting and the round has started (or, wrongly, some
+    // were answered before the probe).
+    while (!answered && (readyWaiting(await metrics(p)) < n || !(await dbl.stats()).requests['/api/version']));
     assert.equal(answered, 0, 'no /ready answered before the probe');
     assert.equal((await dbl.stats()).requests['/api/version'], 1, 'one probe for both workers');
     await fetch(`${dbl.url}/_double/fault?mode=none`, { method: 'POST' }); // the probe answers
@@ -301,7 +302,7 @@ test('/ready before any probe result: a short wait then 503 "probe in progress";
     return `${r.status} ${(await r.json()).reason}`;
   }));
   try {
-    while (!answered && (((await dbl.stats()).requests['/api/version'] || 0) === probes || inFlight(await metrics(q)) < 21));
+    while (!answered && (((await dbl.stats()).requests['/api/version'] || 0) === probes || readyWaiting(await metrics(q)) < 20));
     assert.equal(answered, 0, 'no /ready answered before SIGTERM');
     const exit = q.exited();
     q.proc.kill('SIGTERM');
