@@ -9,8 +9,11 @@
 
 #include <event2/buffer.h>
 #include <event2/event.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 void health_handle_live(struct cm_req *r, void *arg)
@@ -20,28 +23,61 @@ void health_handle_live(struct cm_req *r, void *arg)
 }
 
 /*
- * /ready: one cached probe round. At most one round is in flight: it sends
- * GET /api/version to every host at once. The result answers every /ready
- * for READY_CACHE_TTL; once it is older, the next /ready starts a round and
- * meanwhile every /ready is answered from the previous result (so it is at
- * most READY_CACHE_TTL plus one probe, CONNECT_TIMEOUT + 1 s, old). Without
- * such a result (the first probe, or the last one is older after a quiet
- * spell) /ready requests wait for the round - until one host answers usable
- * (200), all answer, or READY_WAIT_MAX passes (503 "probe in progress").
- * When the server drains, waiters get 503 "shutting down" at once. The
- * probes run on their own HTTP client with no slot cap, so they never take
- * (or wait for) one of the LLM_PROXY_MAX_UPSTREAM slots chat and embeddings
- * use: a flood of unauthenticated /ready costs at most one request per host
- * per TTL.
+ * /ready: one cached probe round for the whole process. At most one round
+ * is in flight, whatever the number of workers: it sends GET /api/version
+ * to every host at once. The result answers every /ready, on every worker,
+ * for READY_CACHE_TTL; once it is older, the next /ready (on any worker)
+ * starts a round and meanwhile every /ready is answered from the previous
+ * result (so it is at most READY_CACHE_TTL plus one probe, CONNECT_TIMEOUT +
+ * 1 s, old). Without such a result (the first probe, or the last one is
+ * older after a quiet spell) /ready requests wait for the round - until one
+ * host answers usable (200), all answer, or READY_WAIT_MAX passes (503
+ * "probe in progress"). When a worker drains, its waiters get 503 "shutting
+ * down" at once. The probes run on their own HTTP client with no slot cap,
+ * so they never take (or wait for) one of the LLM_PROXY_MAX_UPSTREAM slots
+ * chat and embeddings use: a flood of unauthenticated /ready costs at most
+ * one request per host per TTL for the whole process.
  *
  * Ready: at least one host answered the probe and is HEALTHY in the pool
  * (upstream_pool.h). The body lists each host's state.
  *
- * Workers: each worker keeps its own cached round (struct proxy.ready) on
- * its own client, so a flood costs at most one probe per host per TTL per
- * worker; the hosts' states it reports are the shared ones.
+ * Workers: the result and the round in flight are one struct health_ready
+ * (main creates it before the workers and frees it after them), under its
+ * mutex. Each worker has its own struct ready_probe (proxy.ready): its probe
+ * client (a cm_hc on its own loop), its waiters, their timer and a wake
+ * event. The worker whose /ready found the result expired and no round in
+ * flight claims the round (owner) and runs it on its own client; its probes'
+ * answers are written to the shared result on its thread, which then wakes
+ * every worker (event_active on each wake event, the thread-safe call) when
+ * the round can answer (a host usable, or all answered). Each woken worker
+ * copies the result out under the lock and answers its own waiters on its
+ * own thread. A worker whose loop ends with its round in flight abandons it
+ * (health_ready_stop: its client is freed, the round has no owner) and
+ * wakes the others, whose waiters then start the next round themselves.
+ * Lock order: the mutex, then a loop's lock (event_active); no callback
+ * runs under the mutex.
  */
-#define READY_WAIT_MAX 1.0 /* seconds a /ready waits for a probe round */
+
+/* One host's last probe result. */
+struct ready_result {
+    int ok;
+    int answered; /* in the current round */
+    char version[64];
+    char reason[300];
+};
+
+struct health_ready {
+    pthread_mutex_t mu;
+    size_t n;
+    struct ready_result *res;     /* n, the last result of each host */
+    double checked_at;            /* monotonic seconds the last round ended; 0 = never */
+    struct ready_probe *owner;    /* the worker running the round; NULL = none in flight */
+    unsigned pending;             /* its probes still in flight */
+    unsigned long round;          /* rounds started */
+    struct ready_probe **workers; /* attached, to wake */
+    size_t nworkers;
+    atomic_uint waiting; /* /ready waiting, every worker (for /metrics) */
+};
 
 struct ready_waiter {
     struct ready_probe *p;
@@ -49,25 +85,27 @@ struct ready_waiter {
     struct ready_waiter *prev, *next;
 };
 
+/* One host's probe, on the worker running the round. */
 struct ready_host {
     struct ready_probe *p;
-    struct upstream_host *h;
+    size_t i;
     struct cm_hc_req *inflight;
-    int ok;
-    int answered; /* in the current round */
-    char version[64];
-    char reason[300];
 };
 
+/* One worker's part; used on its thread only (wake: from any thread). */
 struct ready_probe {
     struct proxy *px;
-    struct cm_hc *hc; /* owned: the probes' own client */
+    struct health_ready *sh; /* borrowed */
+    struct cm_hc *hc;        /* owned: the probes' own client; NULL once stopped */
     struct ready_host *hosts;
     size_t n;
-    unsigned pending;  /* probes of the current round still in flight */
-    double checked_at; /* monotonic seconds; 0 = never */
+    unsigned long round;       /* the round it runs, while sh->owner == this */
+    struct ready_result *snap; /* n: the shared result, copied out under the lock */
+    double snap_checked_at;
+    int snap_inflight;
     struct ready_waiter *waiters;
     struct event *wait_timer; /* bounds the waiters' wait (owned) */
+    struct event *wake;       /* the shared result changed (owned) */
 };
 
 static double mono_now(void)
@@ -77,23 +115,69 @@ static double mono_now(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
+struct health_ready *health_ready_shared_new(size_t n_hosts)
+{
+    struct health_ready *sh = cm_xcalloc(1, sizeof *sh);
+    pthread_mutex_init(&sh->mu, NULL);
+    sh->n = n_hosts;
+    sh->res = cm_xcalloc(n_hosts ? n_hosts : 1, sizeof *sh->res);
+    for (size_t i = 0; i < n_hosts; i++)
+        snprintf(sh->res[i].reason, sizeof sh->res[i].reason, "probe in progress");
+    return sh;
+}
+
+void health_ready_shared_free(struct health_ready *sh)
+{
+    if (!sh)
+        return;
+    pthread_mutex_destroy(&sh->mu);
+    free(sh->res);
+    free(sh->workers);
+    free(sh);
+}
+
+/* Under sh->mu: every attached worker re-reads the result on its thread. */
+static void wake_all_locked(struct health_ready *sh)
+{
+    for (size_t i = 0; i < sh->nworkers; i++)
+        event_active(sh->workers[i]->wake, EV_TIMEOUT, 1);
+}
+
+/* Copies the shared result into p->snap. */
+static void snapshot(struct ready_probe *p)
+{
+    struct health_ready *sh = p->sh;
+    pthread_mutex_lock(&sh->mu);
+    memcpy(p->snap, sh->res, p->n * sizeof *p->snap);
+    p->snap_checked_at = sh->checked_at;
+    p->snap_inflight = sh->owner != NULL;
+    pthread_mutex_unlock(&sh->mu);
+}
+
+static struct upstream_host *host_of(const struct ready_probe *p, size_t i)
+{
+    return upstream_pool_host(p->px->pool, i);
+}
+
+/* From the snapshot. */
 static void ready_answer(const struct ready_probe *p, struct cm_req *r)
 {
     json_t *hosts = json_array();
     const char *version = NULL, *reason = NULL;
     for (size_t i = 0; i < p->n; i++) {
-        const struct ready_host *rh = &p->hosts[i];
-        enum upstream_host_state st = upstream_host_state(rh->h);
+        const struct ready_result *rh = &p->snap[i];
+        struct upstream_host *h = host_of(p, i);
+        enum upstream_host_state st = upstream_host_state(h);
         int usable = rh->ok && st == UPSTREAM_HEALTHY;
         if (usable && !version)
             version = rh->version;
         if (!rh->ok && !reason)
             reason = rh->reason;
-        json_t *o = json_pack("{s:s, s:s, s:b, s:I, s:I, s:I}", "url", upstream_host_label(rh->h),
+        json_t *o = json_pack("{s:s, s:s, s:b, s:I, s:I, s:I}", "url", upstream_host_label(h),
                               "state", upstream_host_state_name(st), "reachable", rh->ok,
-                              "in_flight", (json_int_t)upstream_host_in_flight(rh->h),
-                              "models_installed", (json_int_t)upstream_host_installed(rh->h),
-                              "models_loaded", (json_int_t)upstream_host_loaded(rh->h));
+                              "in_flight", (json_int_t)upstream_host_in_flight(h),
+                              "models_installed", (json_int_t)upstream_host_installed(h),
+                              "models_loaded", (json_int_t)upstream_host_loaded(h));
         if (rh->ok)
             json_object_set_new(o, "ollama_version", json_string(rh->version));
         else
@@ -111,6 +195,27 @@ static void ready_answer(const struct ready_probe *p, struct cm_req *r)
                                 reason ? reason : "no healthy upstream host", "hosts", hosts));
 }
 
+/* A host of the round in flight has answered and is usable (snapshot). */
+static int round_usable(const struct ready_probe *p)
+{
+    for (size_t i = 0; i < p->n; i++)
+        if (p->snap[i].answered && p->snap[i].ok &&
+            upstream_host_state(host_of(p, i)) == UPSTREAM_HEALTHY)
+            return 1;
+    return 0;
+}
+
+/* The snapshot answers a /ready now: fresh, or the last result while a
+ * round runs, no older than the TTL plus one probe (an older one, after a
+ * quiet spell, is not served), or a usable host in the round in flight. */
+static int can_answer(const struct ready_probe *p)
+{
+    const struct proxy_config *c = &p->px->cfg;
+    double age = p->snap_checked_at > 0 ? mono_now() - p->snap_checked_at : -1;
+    return (age >= 0 && age < c->ready_cache_ttl + c->connect_timeout + 1) ||
+           (p->snap_inflight && round_usable(p));
+}
+
 static void waiter_unlink(struct ready_waiter *w)
 {
     if (w->prev)
@@ -125,18 +230,20 @@ static void waiter_abort(struct cm_req *r, void *arg)
 {
     struct ready_waiter *w = arg;
     (void)r;
+    atomic_fetch_sub(&w->p->sh->waiting, 1);
     waiter_unlink(w);
     free(w);
 }
 
-/* Answers every waiter: from the probe result (reason NULL) or 503 with
- * reason. */
+/* Answers every waiter of this worker: from the snapshot (reason NULL) or
+ * 503 with reason. */
 static void answer_waiters(struct ready_probe *p, const char *reason)
 {
     if (p->wait_timer)
         event_del(p->wait_timer);
     while (p->waiters) {
         struct ready_waiter *w = p->waiters;
+        atomic_fetch_sub(&p->sh->waiting, 1);
         waiter_unlink(w);
         struct cm_req *r = w->r;
         free(w);
@@ -156,14 +263,35 @@ static void wait_timeout_cb(evutil_socket_t fd, short what, void *arg)
     answer_waiters(arg, "upstream probe still in progress");
 }
 
-/* A host of the current round has answered and is usable. */
-static int round_usable(const struct ready_probe *p)
+/* On the owner's thread: host i of its round answered (or could not be
+ * asked). Wakes every worker once the round can answer. */
+static void host_result(struct ready_probe *p, size_t i, int ok, const char *version,
+                        const char *reason)
 {
-    for (size_t i = 0; i < p->n; i++)
-        if (p->hosts[i].answered && p->hosts[i].ok &&
-            upstream_host_state(p->hosts[i].h) == UPSTREAM_HEALTHY)
-            return 1;
-    return 0;
+    struct health_ready *sh = p->sh;
+    int usable = ok && upstream_host_state(host_of(p, i)) == UPSTREAM_HEALTHY;
+    pthread_mutex_lock(&sh->mu);
+    if (sh->owner != p || sh->round != p->round) {
+        pthread_mutex_unlock(&sh->mu); /* not this worker's round (any more) */
+        return;
+    }
+    struct ready_result *rr = &sh->res[i];
+    rr->ok = ok;
+    if (ok)
+        snprintf(rr->version, sizeof rr->version, "%s", version);
+    else
+        snprintf(rr->reason, sizeof rr->reason, "%s", reason);
+    rr->answered = 1;
+    int done = --sh->pending == 0;
+    if (done) {
+        sh->checked_at = mono_now();
+        sh->owner = NULL;
+    }
+    /* One usable host makes the answer "ready": no need to wait for the
+     * slow ones. */
+    if (done || usable)
+        wake_all_locked(sh);
+    pthread_mutex_unlock(&sh->mu);
 }
 
 static void probe_done(struct cm_hc_req *up, enum cm_hc_result result, long status,
@@ -173,60 +301,49 @@ static void probe_done(struct cm_hc_req *up, enum cm_hc_result result, long stat
     struct ready_probe *p = rh->p;
     (void)up;
     rh->inflight = NULL;
-    rh->ok = result == CM_HC_OK && status == 200;
-    if (rh->ok) {
+    if (result == CM_HC_OK && status == 200) {
         json_t *j = cm_json_parse((const char *)evbuffer_pullup(body, -1),
                                   evbuffer_get_length(body), NULL, 0);
         const char *v = cm_json_str(j, "version");
-        snprintf(rh->version, sizeof rh->version, "%s", v ? v : "unknown");
+        char version[64];
+        snprintf(version, sizeof version, "%s", v ? v : "unknown");
         json_decref(j);
-    } else {
-        if (result != CM_HC_OK)
-            snprintf(rh->reason, sizeof rh->reason, "ollama unreachable: %s",
-                     errmsg ? errmsg : "error");
-        else
-            snprintf(rh->reason, sizeof rh->reason, "ollama answered HTTP %ld", status);
-        CM_WARN(NULL, "not_ready", "host=%s %s", upstream_host_label(rh->h), rh->reason);
-    }
-    rh->answered = 1;
-    if (--p->pending) {
-        /* One usable host makes the answer "ready": no need to wait for
-         * the slow ones. */
-        if (round_usable(p))
-            answer_waiters(p, NULL);
+        host_result(p, rh->i, 1, version, NULL);
         return;
     }
-    p->checked_at = mono_now();
-    answer_waiters(p, NULL);
+    char reason[300];
+    if (result != CM_HC_OK)
+        snprintf(reason, sizeof reason, "ollama unreachable: %s", errmsg ? errmsg : "error");
+    else
+        snprintf(reason, sizeof reason, "ollama answered HTTP %ld", status);
+    CM_WARN(NULL, "not_ready", "host=%s %s", upstream_host_label(host_of(p, rh->i)), reason);
+    host_result(p, rh->i, 0, NULL, reason);
 }
 
-static struct ready_probe *probe_get(struct proxy *px)
+/* Starts a round on this worker unless the result is fresh or a round is in
+ * flight (on any worker). */
+static void round_maybe_start(struct ready_probe *p, const char *request_id)
 {
-    if (!px->ready) {
-        struct ready_probe *p = cm_xcalloc(1, sizeof *p);
-        p->px = px;
-        p->hc = cm_hc_new(px->base);
-        p->n = upstream_pool_size(px->pool);
-        p->hosts = cm_xcalloc(p->n, sizeof *p->hosts);
-        p->wait_timer = evtimer_new(px->base, wait_timeout_cb, p);
-        for (size_t i = 0; i < p->n; i++) {
-            p->hosts[i].p = p;
-            p->hosts[i].h = upstream_pool_host(px->pool, i);
-            snprintf(p->hosts[i].reason, sizeof p->hosts[i].reason, "probe in progress");
-        }
-        px->ready = p;
-    }
-    return px->ready;
-}
-
-/* Starts a probe round; 0 when at least one probe is in flight. */
-static int round_start(struct ready_probe *p, const char *request_id)
-{
+    struct health_ready *sh = p->sh;
     struct proxy *px = p->px;
+    if (!p->hc)
+        return; /* stopped */
+    pthread_mutex_lock(&sh->mu);
+    double age = sh->checked_at > 0 ? mono_now() - sh->checked_at : -1;
+    int start = !(age >= 0 && age < px->cfg.ready_cache_ttl) && !sh->owner && p->n > 0;
+    if (start) {
+        sh->owner = p;
+        p->round = ++sh->round;
+        sh->pending = (unsigned)p->n;
+        for (size_t i = 0; i < sh->n; i++)
+            sh->res[i].answered = 0;
+    }
+    pthread_mutex_unlock(&sh->mu);
+    if (!start)
+        return;
     for (size_t i = 0; i < p->n; i++) {
         struct ready_host *rh = &p->hosts[i];
-        rh->answered = 0;
-        char *url = upstream_host_url(rh->h, "/api/version");
+        char *url = upstream_host_url(host_of(p, i), "/api/version");
         struct cm_hc_opts o = {.method = "GET",
                                .url = url,
                                .request_id = request_id,
@@ -236,14 +353,53 @@ static int round_start(struct ready_probe *p, const char *request_id)
         static const struct cm_hc_callbacks cbs = {.on_done = probe_done};
         rh->inflight = cm_hc_start(p->hc, &o, &cbs, rh);
         free(url);
-        if (rh->inflight) {
-            p->pending++;
-        } else {
-            rh->ok = 0;
-            snprintf(rh->reason, sizeof rh->reason, "could not start the probe");
-        }
+        if (!rh->inflight)
+            host_result(p, i, 0, NULL, "could not start the probe");
     }
-    return p->pending ? 0 : -1;
+}
+
+/* On this worker's thread: the shared result changed (or a round was
+ * abandoned). */
+static void wake_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct ready_probe *p = arg;
+    (void)fd;
+    (void)what;
+    if (!p->waiters)
+        return;
+    snapshot(p);
+    if (can_answer(p)) {
+        answer_waiters(p, NULL);
+        return;
+    }
+    if (!p->snap_inflight) {
+        /* Abandoned by a worker that stopped: this one runs the next. */
+        round_maybe_start(p, cm_req_id(p->waiters->r));
+    }
+}
+
+void health_ready_attach(struct proxy *px, struct health_ready *sh)
+{
+    struct ready_probe *p = cm_xcalloc(1, sizeof *p);
+    p->px = px;
+    p->sh = sh;
+    p->hc = cm_hc_new(px->base);
+    p->n = upstream_pool_size(px->pool);
+    if (p->n > sh->n)
+        p->n = sh->n;
+    p->hosts = cm_xcalloc(p->n ? p->n : 1, sizeof *p->hosts);
+    p->snap = cm_xcalloc(p->n ? p->n : 1, sizeof *p->snap);
+    for (size_t i = 0; i < p->n; i++) {
+        p->hosts[i].p = p;
+        p->hosts[i].i = i;
+    }
+    p->wait_timer = evtimer_new(px->base, wait_timeout_cb, p);
+    p->wake = event_new(px->base, -1, 0, wake_cb, p);
+    pthread_mutex_lock(&sh->mu);
+    sh->workers = cm_xrealloc(sh->workers, (sh->nworkers + 1) * sizeof *sh->workers);
+    sh->workers[sh->nworkers++] = p;
+    pthread_mutex_unlock(&sh->mu);
+    px->ready = p;
 }
 
 void health_handle_ready(struct cm_req *r, void *arg)
@@ -254,17 +410,10 @@ void health_handle_ready(struct cm_req *r, void *arg)
             r, 503, json_pack("{s:s, s:s}", "status", "not_ready", "reason", "shutting down"));
         return;
     }
-    struct ready_probe *p = probe_get(px);
-    double age = p->checked_at > 0 ? mono_now() - p->checked_at : -1;
-    if (!(age >= 0 && age < px->cfg.ready_cache_ttl) && !p->pending &&
-        round_start(p, cm_req_id(r)) != 0) {
-        cm_req_reply_json(r, 503, json_pack("{s:s}", "status", "not_ready"));
-        return;
-    }
-    /* Fresh, or the last result while a round runs: no older than the TTL
-     * plus one probe (an older one, after a quiet spell, is not served). */
-    if ((age >= 0 && age < px->cfg.ready_cache_ttl + px->cfg.connect_timeout + 1) ||
-        (p->pending && round_usable(p))) {
+    struct ready_probe *p = px->ready;
+    round_maybe_start(p, cm_req_id(r));
+    snapshot(p);
+    if (can_answer(p)) {
         ready_answer(p, r);
         return;
     }
@@ -275,11 +424,11 @@ void health_handle_ready(struct cm_req *r, void *arg)
     if (p->waiters)
         p->waiters->prev = w;
     p->waiters = w;
+    atomic_fetch_add(&p->sh->waiting, 1);
     cm_req_on_abort(r, waiter_abort, w);
-    if (p->wait_timer && !evtimer_pending(p->wait_timer, NULL)) {
-        struct timeval tv = {
-            (time_t)READY_WAIT_MAX,
-            (suseconds_t)((READY_WAIT_MAX - (double)(long long)READY_WAIT_MAX) * 1e6)};
+    if (!evtimer_pending(p->wait_timer, NULL)) {
+        double m = px->cfg.ready_wait_max;
+        struct timeval tv = {(time_t)m, (suseconds_t)((m - (double)(time_t)m) * 1e6)};
         evtimer_add(p->wait_timer, &tv);
     }
 }
@@ -290,16 +439,40 @@ void health_ready_drain(struct proxy *px)
         answer_waiters(px->ready, "shutting down");
 }
 
+void health_ready_stop(struct proxy *px)
+{
+    struct ready_probe *p = px->ready;
+    if (!p || !p->hc)
+        return;
+    struct health_ready *sh = p->sh;
+    pthread_mutex_lock(&sh->mu);
+    for (size_t i = 0; i < sh->nworkers; i++)
+        if (sh->workers[i] == p) {
+            sh->workers[i] = sh->workers[--sh->nworkers];
+            break;
+        }
+    if (sh->owner == p) {
+        /* Abandoned: the others' waiters start the next round. */
+        sh->owner = NULL;
+        sh->pending = 0;
+        wake_all_locked(sh);
+    }
+    pthread_mutex_unlock(&sh->mu);
+    cm_hc_free(p->hc); /* cancels probes in flight, no callback */
+    p->hc = NULL;
+}
+
 void health_ready_free(struct proxy *px)
 {
     struct ready_probe *p = px->ready;
     if (!p)
         return;
+    health_ready_stop(px);
     /* The server (freed first) has already aborted every waiter. */
-    cm_hc_free(p->hc); /* cancels probes in flight, no callback */
-    if (p->wait_timer)
-        event_free(p->wait_timer);
+    event_free(p->wait_timer);
+    event_free(p->wake);
     free(p->hosts);
+    free(p->snap);
     free(p);
     px->ready = NULL;
 }
@@ -316,6 +489,7 @@ void health_handle_metrics(struct cm_req *r, void *arg)
     cm_metric_set(px->m_queue, NULL, (double)t.queued);
     cm_metric_set(px->m_ws_connections, NULL, (double)t.ws_sessions);
     cm_metric_set(px->m_body_memory, NULL, (double)cm_mem_budget_used());
+    cm_metric_set(px->m_ready_waiting, NULL, (double)atomic_load(&px->ready->sh->waiting));
     upstream_pool_export_metrics(px->pool);
     struct evbuffer *buf = evbuffer_new();
     cm_metrics_render(px->metrics, buf);

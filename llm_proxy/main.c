@@ -119,6 +119,9 @@ static void setup_metrics(struct proxy *px)
         "reason");
     px->m_body_memory = cm_metrics_gauge(px->metrics, "llm_proxy_body_memory_bytes",
                                          "Request bodies and JSON held in memory now.", NULL);
+    px->m_ready_waiting =
+        cm_metrics_gauge(px->metrics, "llm_proxy_ready_waiting",
+                         "/ready requests waiting for a probe round (no result yet).", NULL);
     px->m_up_requests = cm_metrics_counter(
         px->metrics, "llm_proxy_upstream_requests_total",
         "Upstream exchanges by Ollama host, route and status (HTTP status or failure kind).",
@@ -221,7 +224,8 @@ int main(int argc, char **argv)
     setup_metrics(px);
     struct upstream_hosts *hosts = setup_hosts(px);
     struct cm_conn_cap *cap = cm_conn_cap_new((unsigned)px->cfg.max_connections);
-    app.workers = proxy_workers_new(px, nworkers, hosts, cap);
+    struct health_ready *ready = health_ready_shared_new(px->cfg.n_upstreams);
+    app.workers = proxy_workers_new(px, nworkers, hosts, cap, ready);
     app.base = event_base_new();
     int rc = 0;
     if (proxy_workers_listen(app.workers, err, sizeof err) != 0) {
@@ -267,6 +271,7 @@ out:
     event_base_free(app.base);
     upstream_hosts_free(hosts);
     cm_conn_cap_free(cap);
+    health_ready_shared_free(ready);
     cm_metrics_free(px->metrics);
     proxy_config_free(&px->cfg);
     chat_policy_reset();

@@ -3,6 +3,10 @@
  *
  * One struct proxy per worker thread (proxy_workers.h), owned by that
  * worker and used on its loop only: base, srv, pool, ready, ws_sessions.
+ * /ready's result and round in flight are one struct health_ready for the
+ * whole process (health_ready_shared_new): main owns it, creates it before
+ * the workers and frees it after proxy_workers_free(); each worker's ready
+ * borrows it (any thread, under its mutex).
  * Shared by every worker and read-only after start: cfg (a shallow copy of
  * main's configuration; main owns its strings), the metrics registry and
  * the metric pointers (cm_metrics is thread-safe), workers. ws_count is
@@ -36,7 +40,8 @@ struct proxy {
     struct cm_metric *m_queue;           /* gauge: requests waiting for an upstream slot */
     struct cm_metric *m_rejected;        /* reason */
     struct cm_metric *m_body_memory;     /* gauge: cm_mem_budget_used() */
-    struct ready_probe *ready;           /* /ready's cached probe (health_handler.c) */
+    struct cm_metric *m_ready_waiting;   /* gauge: /ready waiting for a probe round */
+    struct ready_probe *ready;           /* this worker's part of /ready (health_handler.c) */
     struct ws_session *ws_sessions;      /* this worker's live WebSocket sessions (ws_chat.c) */
     _Atomic unsigned ws_count;           /* its length */
     struct cm_metric *m_up_requests;     /* host, route, status */
@@ -57,9 +62,24 @@ void models_handle_get(struct cm_req *r, void *arg);
 void health_handle_live(struct cm_req *r, void *arg);
 void health_handle_ready(struct cm_req *r, void *arg);
 void health_handle_metrics(struct cm_req *r, void *arg);
-/* The server drains: /ready requests waiting for a probe get 503 now. */
+
+/* /ready's process-wide cached probe round (health_handler.c), for n_hosts
+ * hosts. The caller (main) owns it: created before the workers, freed after
+ * proxy_workers_free(). Thread-safe. */
+struct health_ready;
+struct health_ready *health_ready_shared_new(size_t n_hosts);
+void health_ready_shared_free(struct health_ready *sh);
+/* Gives worker px its part of /ready (px->ready: its probe client on
+ * px->base, its waiters) over sh, borrowed. Before px's thread starts. */
+void health_ready_attach(struct proxy *px, struct health_ready *sh);
+/* The server drains: this worker's /ready requests waiting for a probe get
+ * 503 now. */
 void health_ready_drain(struct proxy *px);
-/* Frees /ready's probe state (cancels a probe in flight). */
+/* On px's thread once its loop has ended (or after it was joined): px
+ * leaves sh, abandons the round it runs (its probes cancelled, another
+ * worker starts the next) and wakes the others. Idempotent. */
+void health_ready_stop(struct proxy *px);
+/* Frees px's part of /ready (stops it first). After its server is freed. */
 void health_ready_free(struct proxy *px);
 void ws_handle_upgrade(struct cm_req *r, void *arg);
 

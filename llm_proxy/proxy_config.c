@@ -263,6 +263,15 @@
              0,                                                                                    \
              &(cfg)->ready_cache_ttl,                                                              \
              "/ready reuses one upstream probe result this long (seconds)"},                       \
+            {"READY_WAIT_MAX",                                                                     \
+             CM_CFG_SECONDS,                                                                       \
+             "1",                                                                                  \
+             0,                                                                                    \
+             3600,                                                                                 \
+             NULL,                                                                                 \
+             0,                                                                                    \
+             &(cfg)->ready_wait_max,                                                               \
+             "/ready with no probe result yet waits this long for the probe (seconds), then 503"}, \
             {"LLM_PROXY_ALLOWED_OPTIONS",                                                          \
              CM_CFG_STRING,                                                                        \
              PROXY_DEFAULT_ALLOWED_OPTIONS,                                                        \

@@ -45,6 +45,7 @@ struct proxy_config {
     char *log_format;
     long long max_body_memory;
     double ready_cache_ttl;
+    double ready_wait_max;
     char *allowed_options;
     long long max_num_ctx;
     double keep_alive_max;

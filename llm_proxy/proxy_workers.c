@@ -151,7 +151,8 @@ static void stop_cb(evutil_socket_t fd, short what, void *arg)
 /* ------------------------------------------------------------ workers */
 
 struct proxy_workers *proxy_workers_new(const struct proxy *tmpl, unsigned n,
-                                        struct upstream_hosts *hosts, struct cm_conn_cap *cap)
+                                        struct upstream_hosts *hosts, struct cm_conn_cap *cap,
+                                        struct health_ready *ready)
 {
     struct proxy_workers *ws = cm_xcalloc(1, sizeof *ws);
     ws->n = n ? n : 1;
@@ -193,6 +194,7 @@ struct proxy_workers *proxy_workers_new(const struct proxy *tmpl, unsigned n,
         cm_http_server_on_done(px->srv, record_done, px);
         cm_http_server_on_reject(px->srv, record_reject, px);
         setup_routes(px);
+        health_ready_attach(px, ready);
         w->drain_ev = event_new(px->base, -1, 0, drain_cb, w);
         w->stop_ev = event_new(px->base, -1, 0, stop_cb, w);
     }
@@ -239,6 +241,7 @@ static void *worker_main(void *arg)
     pthread_setname_np(pthread_self(), name); /* top -H, /proc/PID/task/TID/comm */
     upstream_pool_start(w->px.pool);          /* worker 0 only: the refresh */
     event_base_dispatch(w->px.base);
+    health_ready_stop(&w->px); /* a round it runs is abandoned for the others */
     if (atomic_fetch_sub(&ws->running, 1) == 1)
         event_active(ws->main_done, EV_TIMEOUT, 1);
     return NULL;

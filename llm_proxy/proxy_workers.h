@@ -5,15 +5,17 @@
  * struct proxy (proxy.h): its own HTTP server on the shared port (one
  * SO_REUSEPORT listening socket per worker; the kernel spreads new
  * connections over them), its own upstream pool (one curl multi per Ollama
- * host, LLM_PROXY_MAX_UPSTREAM slots each), its own /ready cache and its own
- * WebSocket sessions (a session lives on the worker that accepted it).
+ * host, LLM_PROXY_MAX_UPSTREAM slots each), its own /ready probe client and
+ * waiters and its own WebSocket sessions (a session lives on the worker that accepted it).
  * Nothing of a worker is touched by another thread, except through:
  *
  *   - read-only after start: the configuration, the routes;
  *   - thread-safe: the metrics registry (cm_metrics.h, one mutex), the log
  *     (cm_log.h, one write per line), the memory budget (cm_mem_budget.h,
  *     atomics), the connection cap (cm_conn_guard.h, one atomic count), the
- *     Ollama hosts' health, load and models (upstream_pool.h);
+ *     Ollama hosts' health, load and models (upstream_pool.h), /ready's
+ *     result and round in flight (one mutex; the worker running the round
+ *     wakes the others with event_active on their wake events);
  *   - atomics a worker publishes for /metrics on any worker: requests in
  *     flight, requests queued for a slot, WebSocket sessions
  *     (proxy_workers_totals);
@@ -28,12 +30,13 @@
  *     -> draining (proxy_workers_drain, on SIGTERM: new requests 503,
  *        in-flight requests and streams finish, WebSockets close with 1001)
  *     -> stopped (its loop ends when nothing is in flight, or after
- *        SHUTDOWN_GRACE, or at once on proxy_workers_stop_now)
+ *        SHUTDOWN_GRACE, or at once on proxy_workers_stop_now; a /ready
+ *        round it runs is abandoned then, health_ready_stop)
  *     -> joined and freed by the main thread (proxy_workers_free).
  *
  * Ownership: proxy_workers owns its workers and everything each worker
- * created; the template's configuration, metrics, hosts and cap are
- * borrowed and outlive it.
+ * created; the template's configuration, metrics, hosts, cap and /ready
+ * state are borrowed and outlive it.
  */
 #ifndef PROXY_WORKERS_H
 #define PROXY_WORKERS_H
@@ -45,6 +48,7 @@ struct proxy_workers;
 struct event;
 struct upstream_hosts;
 struct cm_conn_cap;
+struct health_ready;
 
 /* The number of CPUs this process may run on (sched_getaffinity), >= 1. */
 unsigned proxy_workers_default_count(void);
@@ -52,10 +56,12 @@ unsigned proxy_workers_default_count(void);
 /*
  * n workers, each with a copy of tmpl (cfg, metrics, metric pointers) and
  * its own base, server, routes and pool over hosts; cap is the connection
- * cap they share. Worker 0's pool runs the upstream refresh and probes.
+ * cap they share, ready the /ready result and round they share (proxy.h).
+ * Worker 0's pool runs the upstream refresh and probes.
  */
 struct proxy_workers *proxy_workers_new(const struct proxy *tmpl, unsigned n,
-                                        struct upstream_hosts *hosts, struct cm_conn_cap *cap);
+                                        struct upstream_hosts *hosts, struct cm_conn_cap *cap,
+                                        struct health_ready *ready);
 /* Binds every worker's listener. Returns 0, or -1 with a reason in err. */
 int proxy_workers_listen(struct proxy_workers *ws, char *err, size_t errlen);
 /* The port bound (after proxy_workers_listen). */

@@ -35,7 +35,8 @@
  * --loaded a,b lists those in GET /api/ps; POST /_double/fault?mode=hang
  * makes every /api/ request hang, mode=busy answers chat and embeddings
  * with Ollama's queue-full 503, mode=hostile sends malformed and oversized
- * /api/tags and /api/ps replies, mode=none restores.
+ * /api/tags and /api/ps replies, mode=hold holds GET /api/version until the
+ * mode changes again (then every held one is answered), mode=none restores.
  */
 #include "cm_alloc.h"
 #include "cm_http_server.h"
@@ -98,12 +99,19 @@ static struct double_state D;
 
 /* ------------------------------------------------------------ several hosts */
 
-enum fault { FAULT_NONE, FAULT_HANG, FAULT_BUSY, FAULT_HOSTILE };
+enum fault { FAULT_NONE, FAULT_HANG, FAULT_BUSY, FAULT_HOSTILE, FAULT_HOLD };
+
+/* A GET /api/version held by mode=hold. */
+struct held {
+    struct cm_req *r;
+    struct held *prev, *next;
+};
 
 static struct {
     const char *installed; /* --models: comma list, NULL = all */
     const char *loaded;    /* --loaded: comma list for /api/ps */
     enum fault fault;
+    struct held *held; /* mode=hold: /api/version requests not answered yet */
 } MH;
 
 static int in_list(const char *list, const char *name)
@@ -917,15 +925,52 @@ static void handle_tags(struct cm_req *r, void *arg)
     reply_json(r, 200, json_pack("{s:o}", "models", list));
 }
 
+static void held_abort(struct cm_req *r, void *arg)
+{
+    struct held *h = arg;
+    (void)r;
+    if (h->prev)
+        h->prev->next = h->next;
+    else
+        MH.held = h->next;
+    if (h->next)
+        h->next->prev = h->prev;
+    free(h);
+    D.disconnects++;
+    waiters_check();
+}
+
 static void handle_version(struct cm_req *r, void *arg)
 {
     (void)arg;
     if (!only(r, "GET"))
         return;
     record(r, "/api/version");
+    if (MH.fault == FAULT_HOLD) {
+        struct held *h = cm_xcalloc(1, sizeof *h);
+        h->r = r;
+        h->next = MH.held;
+        if (MH.held)
+            MH.held->prev = h;
+        MH.held = h;
+        cm_req_on_abort(r, held_abort, h);
+        return;
+    }
     if (mh_fault(r, 0))
         return;
     reply_json(r, 200, json_pack("{s:s}", "version", D.version));
+}
+
+/* The mode left hold: every held /api/version is answered now. */
+static void held_answer_all(void)
+{
+    while (MH.held) {
+        struct held *h = MH.held;
+        MH.held = h->next;
+        cm_req_on_abort(h->r, NULL, NULL);
+        reply_json(h->r, 200, json_pack("{s:s}", "version", D.version));
+        free(h);
+    }
 }
 
 static void mh_hang_abort(struct cm_req *r, void *arg)
@@ -961,7 +1006,10 @@ static void handle_fault(struct cm_req *r, void *arg)
     MH.fault = m && strcmp(m, "hang") == 0      ? FAULT_HANG
                : m && strcmp(m, "busy") == 0    ? FAULT_BUSY
                : m && strcmp(m, "hostile") == 0 ? FAULT_HOSTILE
+               : m && strcmp(m, "hold") == 0    ? FAULT_HOLD
                                                 : FAULT_NONE;
+    if (MH.fault != FAULT_HOLD)
+        held_answer_all();
     cm_req_reply_json(r, 200, json_pack("{s:s}", "mode", m ? m : "none"));
 }
 

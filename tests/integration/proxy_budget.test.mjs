@@ -212,17 +212,48 @@ test('/ready never takes an upstream slot: answered while the only slot is busy 
   }
 });
 
-test('/ready is one cached probe per worker: 300 concurrent /ready make one upstream call per worker', async () => {
-  const p = await startProxy({ READY_CACHE_TTL: '60' }, { upstream: double });
+test('/ready is one cached probe for the whole process: 300 concurrent /ready on two workers make one upstream call in total', async () => {
+  const p = await startProxy({ LLM_PROXY_WORKERS: '2', READY_CACHE_TTL: '60' }, { upstream: double });
   try {
-    const workers = Number((await (await fetch(`${p.url}/metrics`)).text()).match(/^llm_proxy_workers (\d+)/m)[1]);
     const before = (await double.stats()).requests['/api/version'] || 0;
     const all = await Promise.all(Array.from({ length: 300 }, () => fetch(`${p.url}/ready`).then((r) => r.status)));
     assert.deepEqual([...new Set(all)], [200]);
     const calls = (await double.stats()).requests['/api/version'] - before;
-    assert.ok(calls >= 1 && calls <= workers, `${calls} probes for ${workers} worker(s)`);
+    assert.equal(calls, 1, `${calls} probes for 2 workers`);
   } finally {
     await p.stop();
+  }
+});
+
+function readyWaiting(text) {
+  const m = text.match(/^llm_proxy_ready_waiting (\d+)/m);
+  return m ? Number(m[1]) : 0;
+}
+
+test('two workers, no result yet: every waiting /ready, on either worker, is answered as soon as the one round answers', async () => {
+  const dbl = await startDouble();
+  // GET /api/version is held until the mode changes.
+  await fetch(`${dbl.url}/_double/fault?mode=hold`, { method: 'POST' });
+  const p = await startProxy({ LLM_PROXY_WORKERS: '2', CONNECT_TIMEOUT: '30', READY_WAIT_MAX: '60' }, { upstream: dbl });
+  try {
+    // 40 connections: the kernel spreads them over both workers' sockets.
+    const n = 40;
+    let answered = 0;
+    const all = Promise.all(Array.from({ length: n }, () => fetch(`${p.url}/ready`).then(async (r) => {
+      answered++;
+      return `${r.status} ${(await r.json()).status}`;
+    })));
+    // Every /ready is waiting and the round has started (or, wrongly, some
+    // were answered before the probe).
+    while (!answered && (readyWaiting(await metrics(p)) < n || !(await dbl.stats()).requests['/api/version']));
+    assert.equal(answered, 0, 'no /ready answered before the probe');
+    assert.equal((await dbl.stats()).requests['/api/version'], 1, 'one probe for both workers');
+    await fetch(`${dbl.url}/_double/fault?mode=none`, { method: 'POST' }); // the probe answers
+    assert.deepEqual([...new Set(await all)], ['200 ready']);
+    assert.equal((await dbl.stats()).requests['/api/version'], 1, 'still one probe');
+  } finally {
+    await p.stop();
+    await dbl.stop();
   }
 });
 
@@ -262,17 +293,25 @@ test('/ready before any probe result: a short wait then 503 "probe in progress";
     await p.stop();
   }
   // Draining: a waiting /ready is answered, not dropped with the connection.
-  const q = await startProxy({ CONNECT_TIMEOUT: '30' }, { upstream: dbl });
+  // Two workers, waiters on both (20 connections), the round on one of them.
+  const q = await startProxy({ LLM_PROXY_WORKERS: '2', CONNECT_TIMEOUT: '30', READY_WAIT_MAX: '60' }, { upstream: dbl });
   const probes = (await dbl.stats()).requests['/api/version'] || 0;
-  const waiting = fetch(`${q.url}/ready`);
-  while (((await dbl.stats()).requests['/api/version'] || 0) === probes);
-  const exit = q.exited();
-  q.proc.kill('SIGTERM');
-  const drained = await waiting;
-  assert.equal(drained.status, 503);
-  assert.deepEqual(await drained.json(), { status: 'not_ready', reason: 'shutting down' });
-  assert.equal(await exit, 0);
-  await dbl.stop();
+  let answered = 0;
+  const waiting = Array.from({ length: 20 }, () => fetch(`${q.url}/ready`).then(async (r) => {
+    answered++;
+    return `${r.status} ${(await r.json()).reason}`;
+  }));
+  try {
+    while (!answered && (((await dbl.stats()).requests['/api/version'] || 0) === probes || readyWaiting(await metrics(q)) < 20));
+    assert.equal(answered, 0, 'no /ready answered before SIGTERM');
+    const exit = q.exited();
+    q.proc.kill('SIGTERM');
+    assert.deepEqual([...new Set(await Promise.all(waiting))], ['503 shutting down']);
+    assert.equal(await exit, 0);
+  } finally {
+    await q.stop();
+    await dbl.stop();
+  }
 });
 
 test('an unauthenticated flood of /health, /ready, /metrics causes no 429/503 for authenticated API calls', async () => {
