@@ -92,7 +92,9 @@ start() {
   if [ "$target" = nginx ]; then
     "$@" nginx -p "$TMP/nginx-$port" -c "$(nginx_conf "$port")" 2>>"$TMP/run.err" &
   else
-    LLM_PROXY_HOST=127.0.0.1 LLM_PROXY_PORT=$port OLLAMA_URL_INTERNAL=http://127.0.0.1:$DP LOG_LEVEL=warn \
+    # one worker, as nginx (llm_proxy defaults to one per CPU)
+    LLM_PROXY_WORKERS=1 LLM_PROXY_HOST=127.0.0.1 LLM_PROXY_PORT=$port \
+      OLLAMA_URL_INTERNAL=http://127.0.0.1:$DP LOG_LEVEL=warn \
       "$@" "$PROXY_BIN" 2>>"$TMP/run.err" &
   fi
   RUNPID=$!
