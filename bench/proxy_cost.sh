@@ -92,7 +92,9 @@ start() {
   if [ "$target" = nginx ]; then
     "$@" nginx -p "$TMP/nginx-$port" -c "$(nginx_conf "$port")" 2>>"$TMP/run.err" &
   else
-    LLM_PROXY_HOST=127.0.0.1 LLM_PROXY_PORT=$port OLLAMA_URL_INTERNAL=http://127.0.0.1:$DP LOG_LEVEL=warn \
+    # one worker, as nginx (llm_proxy defaults to one per CPU)
+    LLM_PROXY_WORKERS=1 LLM_PROXY_HOST=127.0.0.1 LLM_PROXY_PORT=$port \
+      OLLAMA_URL_INTERNAL=http://127.0.0.1:$DP LOG_LEVEL=warn \
       "$@" "$PROXY_BIN" 2>>"$TMP/run.err" &
   fi
   RUNPID=$!
@@ -161,18 +163,21 @@ for w in $WORKLOADS; do
   done
 done
 
-# System calls by name for non-stream chat (what the difference is made of).
-case " $WORKLOADS " in *" chat "*)
+# System calls by name (what the difference is made of), per request
+# (stream: per relayed line), for each workload measured.
+for w in $WORKLOADS; do
+  div=$((N2 - N1))
+  [ "$w" = stream ] && div=$(((N2 - N1) * (WORDS + 1)))
   echo
-  echo "system calls per non-stream chat request, by name"
+  echo "system calls per $w request$([ "$w" = stream ] && echo " (per relayed line)"), by name"
   for t in llm_proxy nginx; do
-    awk -v d="$((N2 - N1))" -v t="$t" '
+    awk -v d="$div" -v t="$t" '
       FNR==1 { f++ }
       $NF!="total" && $4 ~ /^[0-9]+$/ { c[f,$NF]=$4; n[$NF]=1 }
-      END { s=""; for (k in n) { v=(c[2,k]-c[1,k])/d; if (v >= 0.05) s=s sprintf(" %s=%.1f", k, v) } print "  " t ":" s }' \
-      "$TMP/strace-$t-chat-$N1" "$TMP/strace-$t-chat-$N2"
-  done ;;
-esac
+      END { s=""; for (k in n) { v=(c[2,k]-c[1,k])/d; if (v >= 0.005 || v <= -0.005) s=s sprintf(" %s=%.2f", k, v) } print "  " t ":" s }' \
+      "$TMP/strace-$t-$w-$N1" "$TMP/strace-$t-$w-$N2"
+  done
+done
 
 [ "${SKIP_WRK:-0}" = 1 ] && exit 0
 

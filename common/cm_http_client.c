@@ -20,6 +20,11 @@
 
 #define EASY_POOL_MAX 64
 
+/* A released transfer (cm_hc_release) may take this long and this many more
+ * bytes to end; past either its connection is closed instead. */
+#define RELEASE_GRACE_S 1.0
+#define RELEASE_MAX_BYTES (64u * 1024)
+
 struct cm_hc {
     struct event_base *base;
     CURLM *multi;
@@ -72,6 +77,8 @@ struct cm_hc_req {
     int headers_done;
     int in_callback;
     int cancelled;
+    int released; /* cm_hc_release: no callbacks, the rest is read and dropped */
+    size_t dropped;
     int paused;
     int too_large;
     int timed_out;
@@ -393,7 +400,7 @@ static void finish(struct cm_hc_req *req, enum cm_hc_result result, const char *
     /* Detach from curl first so the callback may start new transfers. */
     if (req->added)
         curl_multi_remove_handle(req->hc->multi, req->easy);
-    if (!req->cancelled && req->cbs.on_done) {
+    if (!req->cancelled && !req->released && req->cbs.on_done) {
         req->in_callback++;
         req->cbs.on_done(req, result, req->status, req->body, errmsg, req->arg);
         req->in_callback--;
@@ -475,6 +482,8 @@ static size_t header_cb(char *buf, size_t size, size_t n, void *arg)
     size_t len = size * n;
     if (req->cancelled)
         return 0;
+    if (req->released)
+        return len; /* trailers */
     if (len >= 12 && strncasecmp(buf, "Retry-After:", 12) == 0) {
         const char *v = buf + 12;
         size_t vl = len - 12;
@@ -512,6 +521,10 @@ static size_t write_cb(char *data, size_t size, size_t n, void *arg)
     size_t len = size * n;
     if (req->cancelled)
         return 0;
+    if (req->released) {
+        req->dropped += len;
+        return req->dropped > RELEASE_MAX_BYTES ? 0 : len;
+    }
     if (req->stream && req->status >= 200 && req->status < 300) {
         arm_idle(req);
         req->in_callback++;
@@ -793,6 +806,26 @@ void cm_hc_cancel(struct cm_hc_req *req)
     if (req->in_callback)
         return; /* the curl callback returns an error; freed on completion */
     req_unlink_free(req);
+}
+
+void cm_hc_release(struct cm_hc_req *req)
+{
+    if (!req || req->cancelled || req->released)
+        return;
+    if (!req->added || req->paused || !req->stream || !req->headers_done) {
+        cm_hc_cancel(req);
+        return;
+    }
+    req->released = 1;
+    /* Bounded: the rest must come soon (the idle timer, re-armed once with
+     * the shorter grace, closes the connection otherwise). */
+    if (!req->idle_timer)
+        req->idle_timer = evtimer_new(req->hc->base, app_timeout_cb, req);
+    double grace = req->idle_timeout_s > 0 && req->idle_timeout_s < RELEASE_GRACE_S
+                       ? req->idle_timeout_s
+                       : RELEASE_GRACE_S;
+    struct timeval tv = tv_from_s(grace);
+    evtimer_add(req->idle_timer, &tv);
 }
 
 void cm_hc_resume(struct cm_hc_req *req)

@@ -98,6 +98,15 @@ unsigned cm_hc_queued(const struct cm_hc *hc);
 struct cm_hc_req *cm_hc_start(struct cm_hc *hc, const struct cm_hc_opts *opts,
                               const struct cm_hc_callbacks *cbs, void *arg);
 void cm_hc_cancel(struct cm_hc_req *req);
+/* Like cm_hc_cancel() (no callback runs after it), for a streaming transfer
+ * whose caller has everything it needs (a stream's final line) while the
+ * response has not quite ended (the chunked terminator): the transfer is
+ * left to end on its own, the bytes that follow are dropped, so that its
+ * connection stays open for reuse. If the response does not end within 1 s
+ * (or the idle timeout if shorter) and 64 KiB, the connection is closed.
+ * Transfers that cannot end by themselves (paused, not streaming, no
+ * headers yet) are cancelled. */
+void cm_hc_release(struct cm_hc_req *req);
 /* 1 when v may be sent as a header value: no CR, LF (or NUL: a C string
  * ends there, so a caller holding a length must check it has no NUL). */
 int cm_hc_header_value_ok(const char *v);

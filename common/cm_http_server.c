@@ -14,6 +14,7 @@
 #include <errno.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
+#include <event2/bufferevent_struct.h> /* ev_write: see write_now() */
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/http_struct.h> /* major/minor: 2.1 has no getter */
@@ -338,6 +339,24 @@ static void reply_flushed_cb(struct evhttp_request *req, void *arg)
         srv->flushing--;
 }
 
+/* Write what evhttp just queued on the client connection in this loop pass.
+ * evhttp only enables the bufferevent's write event, so the reply would go
+ * out after the next epoll_wait, and the watch costs an epoll_ctl to add
+ * EPOLLOUT and another to remove it once written. Activating the write event
+ * runs libevent's own write callback (the write, evhttp's "reply sent"
+ * callback, the low-watermark logic) as soon as the current callback
+ * returns; when the socket takes everything, the write event is deleted in
+ * the same pass, and the loop's epoll changelist (EVENT_BASE_FLAG_EPOLL_USE_
+ * CHANGELIST, llm_proxy/proxy_workers.c) merges the add and the delete into
+ * no epoll_ctl at all. A short write (EAGAIN, or a large body) keeps the
+ * write event registered: libevent finishes it as before. */
+static void write_now(struct bufferevent *bev)
+{
+    if (bev && evbuffer_get_length(bufferevent_get_output(bev)) &&
+        event_pending(&bev->ev_write, EV_WRITE, NULL))
+        event_active(&bev->ev_write, EV_WRITE, 1);
+}
+
 static void track_flush(struct cm_req *r)
 {
     if (!r->counted)
@@ -395,7 +414,9 @@ void cm_req_reply_buffer(struct cm_req *r, int status, const char *content_type,
     r->status = status;
     stop_watch(r);
     track_flush(r);
+    struct bufferevent *bev = req_bev(r);
     evhttp_send_reply(r->req, status, reason_phrase(status), buf);
+    write_now(bev);
     req_finish(r);
 }
 
@@ -518,6 +539,7 @@ void cm_req_stream_write(struct cm_req *r, const char *data, size_t len)
         return;
     evbuffer_add(r->chunk, data, len);
     evhttp_send_reply_chunk_with_cb(r->req, r->chunk, chunk_flushed_cb, r);
+    write_now(req_bev(r));
 }
 
 size_t cm_req_stream_backlog(const struct cm_req *r)
@@ -547,7 +569,12 @@ void cm_req_stream_end(struct cm_req *r)
         bufferevent_set_timeouts(bev, &t, &t);
         track_flush(r);
     }
+    /* Chunked: the last chunk is queued, nothing is freed yet. Otherwise
+     * (HTTP/1.0, the stream ends with the connection) evhttp may free the
+     * connection right here, and the write goes as before. */
+    struct bufferevent *bev = evcon && r->req->chunked ? req_bev(r) : NULL;
     evhttp_send_reply_end(r->req);
+    write_now(bev);
     req_finish(r);
 }
 

@@ -71,7 +71,9 @@ static void uc_done(struct upstream_chat *uc)
 {
     if (uc->up && uc->host) /* the final line came before the transfer's end */
         upstream_host_end(uc->host, uc->route, CM_HC_OK, 200);
-    cm_hc_cancel(uc->up);
+    /* Usually only the chunked terminator is left: let it arrive, so that
+     * the upstream connection is reused (cancelling here closed it). */
+    cm_hc_release(uc->up);
     uc->up = NULL;
     chat_count_tokens(uc->px->m_tokens, &uc->st.usage);
     const struct chat_sink_ops *ops = uc->ops;

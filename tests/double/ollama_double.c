@@ -7,6 +7,8 @@
  * Behaviour is deterministic and scripted from the last user message:
  *   @hang            never answer (until the client goes away)
  *   @hang-after-first  stream one line, then nothing
+ *   @hang-after-done   stream every line (the final one too), then nothing:
+ *                    the chunked body is never ended
  *   @error-mid       stream two lines, then {"error":...} (status stays 200)
  *   @truncate        stream two lines, then end without the final line
  *   @garbage         stream one line, then a line that is not JSON
@@ -343,6 +345,7 @@ enum mode {
     MODE_NORMAL,
     MODE_HANG,
     MODE_HANG_AFTER_FIRST,
+    MODE_HANG_AFTER_DONE,
     MODE_ERROR_MID,
     MODE_TRUNCATE,
     MODE_GARBAGE,
@@ -394,7 +397,7 @@ static void stream_tick(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     if (s->sent >= json_array_size(s->lines)) {
-        if (s->mode == MODE_HANG_AFTER_FIRST)
+        if (s->mode == MODE_HANG_AFTER_FIRST || s->mode == MODE_HANG_AFTER_DONE)
             return; /* stay silent until the client leaves */
         if (s->mode == MODE_GARBAGE) {
             cm_req_stream_write(s->r, "this is not json\n", 17);
@@ -653,7 +656,8 @@ static void handle_chat(struct cm_req *r, void *arg)
         reply_json(r, 200, line);
         goto out;
     }
-    if (strstr(text, "@hang") && !strstr(text, "@hang-after-first")) {
+    if (strstr(text, "@hang") && !strstr(text, "@hang-after-first") &&
+        !strstr(text, "@hang-after-done")) {
         struct hang *h = cm_xcalloc(1, sizeof *h);
         h->r = r;
         cm_req_on_abort(r, hang_abort, h);
@@ -759,6 +763,8 @@ static void handle_chat(struct cm_req *r, void *arg)
         json_array_remove(lines, json_array_size(lines) - 1);
         while (json_array_size(lines) > 1)
             json_array_remove(lines, 1);
+    } else if (strstr(text, "@hang-after-done")) {
+        mode = MODE_HANG_AFTER_DONE;
     } else if (strstr(text, "@garbage") || strstr(text, "@cut")) {
         mode = strstr(text, "@garbage") ? MODE_GARBAGE : MODE_CUT;
         json_array_remove(lines, json_array_size(lines) - 1);

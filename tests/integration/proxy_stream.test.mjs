@@ -165,6 +165,19 @@ describe('cancellation', () => {
     assert.equal((await double.stats()).active_streams, 0);
   });
 
+  test('an upstream that never ends its body after the final line: the client stream ends at once, the upstream connection is closed within the grace', async () => {
+    // The final line ends the client's stream; the upstream transfer is left
+    // to end (so its connection can be reused) but only for 1 s.
+    const before = (await double.stats()).disconnects;
+    const res = await openStream(proxy, chatBody('a b @hang-after-done', { think: false }));
+    const events = await sseReader(res).all();
+    assert.equal(events.at(-1), 'data: [DONE]');
+    assert.equal((await double.waitDisconnects(before + 1)).status, 200);
+    assert.equal((await double.stats()).active_streams, 0);
+    const again = await postJson(`${proxy.url}/v1/chat/completions`, chatBody('after hang', { stream: false, think: false }));
+    assert.equal(again.status, 200);
+  });
+
   test('client leaving before the first byte aborts the upstream request', async () => {
     const before = (await double.stats()).disconnects;
     const ac = new AbortController();
