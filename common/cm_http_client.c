@@ -103,17 +103,21 @@ struct cm_hc_req {
  *           its cache: the read watch is kept (no epoll_ctl); if it fires
  *           (the upstream closed the idle connection) it is dropped
  *   idle    no watch; armed again when curl reuses the connection
- * Only sockets in hc->socks (opened by open_socket_cb) are ever parked;
- * any other socket is freed on CURL_POLL_REMOVE, since it may be closed
- * without close_socket_cb.
+ * Only connected sockets in hc->socks (opened by open_socket_cb, and once
+ * read from: curl asked for CURL_POLL_IN) are ever parked. Any other socket
+ * is disarmed on CURL_POLL_REMOVE: curl may close it without close_socket_cb
+ * (a failed connect), and a watch left on a closed descriptor would act on
+ * whatever socket reuses the number, possibly another worker's. An entry
+ * left behind that way is freed when its slot is reused (open_socket_cb).
  */
 struct sock_ctx {
     struct cm_hc *hc;
     struct event *ev;
     curl_socket_t fd;
-    int what;   /* CURL_POLL_* curl asked for; 0 = parked or idle */
-    short kind; /* EV_READ|EV_WRITE currently registered; 0 = none */
-    int owned;  /* in hc->socks: closed only through close_socket_cb */
+    int what;      /* CURL_POLL_* curl asked for; 0 = parked or idle */
+    short kind;    /* EV_READ|EV_WRITE currently registered; 0 = none */
+    int owned;     /* in hc->socks: closed only through close_socket_cb */
+    int connected; /* curl has read from it (asked for CURL_POLL_IN) */
 };
 
 static void check_multi_info(struct cm_hc *hc);
@@ -271,9 +275,13 @@ static int multi_sock_cb(CURL *easy, curl_socket_t s, int what, void *arg, void 
             sock_free(hc, sc);
             return 0;
         }
+        sc->what = 0;
+        if (!sc->connected) {
+            sock_disarm(sc);
+            return 0;
+        }
         /* Park: keep only a read watch, so that an upstream close is
          * noticed without any readiness spinning. */
-        sc->what = 0;
         if (sc->kind & EV_WRITE) {
             sock_disarm(sc);
             event_assign(sc->ev, hc->base, s, EV_PERSIST | EV_READ, event_cb, sc);
@@ -290,6 +298,8 @@ static int multi_sock_cb(CURL *easy, curl_socket_t s, int what, void *arg, void 
     if (!sockp)
         curl_multi_assign(hc->multi, s, sc);
     sc->what = what;
+    if (what & CURL_POLL_IN)
+        sc->connected = 1;
     if (sc->kind == kind)
         return 0; /* unchanged (or parked with the same watch): no epoll_ctl */
     sock_disarm(sc);
@@ -315,6 +325,13 @@ static curl_socket_t open_socket_cb(void *arg, curlsocktype purpose, struct curl
         hc->socks = cm_xrealloc(hc->socks, (size_t)n * sizeof *hc->socks);
         memset(hc->socks + hc->nsocks, 0, (size_t)(n - hc->nsocks) * sizeof *hc->socks);
         hc->nsocks = n;
+    }
+    if (hc->socks[s]) {
+        /* Curl closed the socket that had this number without telling
+         * close_socket_cb: its entry is stale (disarmed when curl removed
+         * it). */
+        sock_disarm(hc->socks[s]);
+        sock_free(hc, hc->socks[s]);
     }
     struct sock_ctx *sc = sock_new(hc, s);
     sc->owned = 1;
