@@ -329,14 +329,35 @@ static void stream_close_cb(struct evhttp_connection *evcon, void *arg)
 
 /* ---------------------------------------------------------------- replies */
 
-/* evhttp calls this once a reply has been written completely; until then a
- * graceful shutdown must not close the connection. */
+/* A reply handed to evhttp and not written out yet: counted in
+ * srv->flushing (a graceful shutdown waits for it) until evhttp reports it
+ * written (on_complete) or frees its connection first (the client left: the
+ * reply is never completed, and only the close callback tells). Whichever
+ * comes first ends it; on_complete removes the close callback. */
+struct flush_token {
+    struct cm_http_server *srv;
+    struct evhttp_connection *evcon;
+};
+
+static void flush_end(struct flush_token *t)
+{
+    if (t->srv->flushing)
+        t->srv->flushing--;
+    free(t);
+}
+
 static void reply_flushed_cb(struct evhttp_request *req, void *arg)
 {
-    struct cm_http_server *srv = arg;
+    struct flush_token *t = arg;
     (void)req;
-    if (srv->flushing)
-        srv->flushing--;
+    evhttp_connection_set_closecb(t->evcon, NULL, NULL);
+    flush_end(t);
+}
+
+static void flush_close_cb(struct evhttp_connection *evcon, void *arg)
+{
+    (void)evcon;
+    flush_end(arg);
 }
 
 /* Write what evhttp just queued on the client connection in this loop pass.
@@ -361,8 +382,15 @@ static void track_flush(struct cm_req *r)
 {
     if (!r->counted)
         return; /* health/metrics replies do not hold a shutdown */
+    struct evhttp_connection *evcon = evhttp_request_get_connection(r->req);
+    if (!evcon)
+        return;
+    struct flush_token *t = cm_xmalloc(sizeof *t);
+    t->srv = r->srv;
+    t->evcon = evcon;
     r->srv->flushing++;
-    evhttp_request_set_on_complete_cb(r->req, reply_flushed_cb, r->srv);
+    evhttp_connection_set_closecb(evcon, flush_close_cb, t);
+    evhttp_request_set_on_complete_cb(r->req, reply_flushed_cb, t);
 }
 
 /* The one status -> reason phrase table (our replies and the rewritten
