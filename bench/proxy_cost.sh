@@ -42,13 +42,8 @@ NCPU=$(nproc)
 PIN_PROXY="taskset -c 0"
 PIN_LOAD="taskset -c $((NCPU > 1 ? 1 : 0))"
 
-TMP=$(mktemp -d)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$TMP"; }
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 2400); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 not up" >&2; exit 1; }
+WAIT_PORT_TRIES=2400 # valgrind start-ups
+. bench/lib.sh
 
 DP=$(free_port)
 $PIN_LOAD build/bin/ollama_double --port "$DP" 2>"$TMP/double.log" & PIDS+=($!)
