@@ -308,6 +308,13 @@ static void probe_done(struct cm_hc_req *up, enum cm_hc_result result, long stat
         char version[64];
         snprintf(version, sizeof version, "%s", v ? v : "unknown");
         json_decref(j);
+        /* The cut may split a UTF-8 sequence (jansson would then refuse the
+         * string and /ready's body): drop the partial character. */
+        size_t n = strlen(version);
+        json_t *valid = NULL;
+        while (n && !(valid = json_stringn(version, n)))
+            version[--n] = '\0';
+        json_decref(valid);
         host_result(p, rh->i, 1, version, NULL);
         return;
     }

@@ -377,3 +377,19 @@ test('upstream embeddings outside float range are a 502 upstream_error, not unde
     await p.stop();
   }
 });
+
+test('/ready with an upstream version longer than kept, cut inside a UTF-8 sequence, still answers JSON', async () => {
+  // 40 two-byte characters: the 63 bytes kept end half-way through one.
+  const dbl = await startDouble(['--version-string', 'é'.repeat(40)]);
+  const p = await startProxy({}, { upstream: dbl });
+  try {
+    const res = await fetch(`${p.url}/ready`);
+    assert.equal(res.status, 200);
+    const body = await res.json();
+    assert.equal(body.status, 'ready');
+    assert.equal(body.ollama_version, 'é'.repeat(31));
+  } finally {
+    await p.stop();
+    await dbl.stop();
+  }
+});
