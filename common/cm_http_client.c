@@ -51,7 +51,8 @@ struct cm_hc {
     /* Upstream connection sockets this client opened (CURLOPT_OPENSOCKETFUNCTION),
      * indexed by fd. Their struct event stays registered while curl keeps the
      * connection idle in its cache, so a reused connection costs no
-     * epoll_ctl; freed when curl closes the socket (CLOSESOCKETFUNCTION). */
+     * epoll_ctl; freed when curl closes the socket (CLOSESOCKETFUNCTION), or
+     * when its number is reused if curl closed it without that callback. */
     struct sock_ctx **socks;
     int nsocks;
 };
